@@ -1,0 +1,1 @@
+//! The MP table. (Being written.)

@@ -1,0 +1,121 @@
+//! The virtio memory balloon (device ID 5). (Being written; this file holds the public
+//! interface the rest of the VMM and the API build on.)
+
+use crate::size::PAGE_SIZE;
+
+/// Balloon page size: PFNs in the inflate/deflate queues are in 4 KiB units.
+pub const BALLOON_PAGE_SIZE: u64 = PAGE_SIZE;
+
+/// The optional features a balloon offers, as chosen on the command line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BalloonFeatures {
+    pub must_tell_host: bool,
+    pub stats: bool,
+    pub deflate_on_oom: bool,
+    pub free_page_hint: bool,
+    pub page_poison: bool,
+    pub page_reporting: bool,
+}
+
+/// The balloon as configured at start: `--balloon stats=2,page-reporting,size=256M`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BalloonConfig {
+    pub features: BalloonFeatures,
+    /// Statistics polling interval in seconds; 0 means the host does not poll.
+    pub stats_interval_s: u32,
+    /// Balloon size at boot, in bytes (a whole number of pages).
+    pub initial_size: u64,
+}
+
+/// Everything the VMM shows about the balloon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalloonInfo {
+    pub config: BalloonConfig,
+    /// The target the host set (`num_pages`), in 4 KiB pages.
+    pub target_pages: u32,
+    /// What the guest reports it has given (`actual`), in 4 KiB pages.
+    pub actual_pages: u32,
+    /// The current statistics polling interval in seconds (0: not polling).
+    pub stats_interval_s: u32,
+    /// Whether the driver has set the device up (DRIVER_OK) and it is running.
+    pub driver_ready: bool,
+    /// The features the driver accepted, as a bit mask of virtio feature bits.
+    pub acked_features: u64,
+}
+
+/// The statistics the guest last reported. Memory amounts are in bytes; a tag the guest
+/// has not sent is `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestStats {
+    pub swap_in: Option<u64>,
+    pub swap_out: Option<u64>,
+    pub major_faults: Option<u64>,
+    pub minor_faults: Option<u64>,
+    pub free_memory: Option<u64>,
+    pub total_memory: Option<u64>,
+    pub available_memory: Option<u64>,
+    pub disk_caches: Option<u64>,
+    pub hugetlb_allocations: Option<u64>,
+    pub hugetlb_failures: Option<u64>,
+    pub oom_kill: Option<u64>,
+    pub alloc_stall: Option<u64>,
+    pub async_scan: Option<u64>,
+    pub direct_scan: Option<u64>,
+    pub async_reclaim: Option<u64>,
+    pub direct_reclaim: Option<u64>,
+}
+
+/// A statistics snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalloonStatistics {
+    pub target_pages: u32,
+    pub actual_pages: u32,
+    pub stats: GuestStats,
+    /// How many stat entries carried a tag this device does not know.
+    pub unknown_tags: u64,
+    /// Milliseconds since the guest last sent statistics; `None` if it never did.
+    pub last_update_age_ms: Option<u64>,
+}
+
+/// The state of free page hinting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HintingStatus {
+    /// The command ID the host last set in `free_page_hint_cmd_id`.
+    pub host_cmd: u32,
+    /// The command ID the guest last sent on the free page queue, if any.
+    pub guest_cmd: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BalloonError {
+    #[error(
+        "balloon target of {requested} bytes is larger than guest memory ({guest_memory} bytes)"
+    )]
+    TargetTooLarge { requested: u64, guest_memory: u64 },
+    #[error("balloon statistics are not enabled; start vmm with --balloon stats")]
+    StatsDisabled,
+    #[error("free page hinting is not enabled; start vmm with --balloon free-page-hint")]
+    HintingDisabled,
+    #[error("statistics polling interval {0} s is too large")]
+    IntervalTooLarge(u64),
+}
+
+/// The one small interface through which the VMM reads and sets the balloon while the
+/// guest runs. The API is built on it; tests implement it with a model.
+pub trait BalloonControl: Send + Sync {
+    /// Configuration, target, actual size and negotiation state.
+    fn info(&self) -> BalloonInfo;
+    /// Sets the balloon target (memory taken from the guest) in 4 KiB pages and tells the
+    /// guest at once with a config interrupt. Never waits for the guest.
+    fn set_target_pages(&self, pages: u32) -> Result<(), BalloonError>;
+    /// The latest statistics; never waits for the guest.
+    fn statistics(&self) -> Result<BalloonStatistics, BalloonError>;
+    /// Changes the statistics polling interval (0 stops polling).
+    fn set_stats_interval(&self, seconds: u32) -> Result<(), BalloonError>;
+    /// Starts a free page hinting run with a new command ID.
+    fn start_hinting(&self, acknowledge_on_stop: bool) -> Result<(), BalloonError>;
+    /// Where the hinting protocol stands.
+    fn hinting_status(&self) -> Result<HintingStatus, BalloonError>;
+    /// Ends a hinting run: the host sets DONE so the guest may reuse the hinted pages.
+    fn stop_hinting(&self) -> Result<(), BalloonError>;
+}

@@ -1,0 +1,1 @@
+//! Connects a virtio-mmio device to the event loop. (Filled in with the transport.)

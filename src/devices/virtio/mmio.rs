@@ -1,0 +1,1 @@
+//! The virtio-mmio transport, version 2. (Being written.)

@@ -1,0 +1,21 @@
+//! vmm: a small KVM virtual machine monitor built around a complete virtio memory balloon.
+//!
+//! The crate is a library so that every piece can be tested without a VM; `src/main.rs`
+//! is only the command line on top of it. A map of the modules:
+//!
+//! - [`size`]: sizes as users write them (`512M`, `2GiB`, plain bytes).
+//! - [`memory`]: guest RAM, its backing, and giving pages back to the host.
+//! - [`arch`]: x86_64 boot: memory map, boot params, e820, ACPI, MP table, registers, CPUID.
+//! - [`devices`]: serial, i8042, the port/MMIO buses, virtio-mmio and the balloon.
+//! - [`vcpu`]: one thread per vCPU running `KVM_RUN` and dispatching exits to the buses.
+//! - [`vmm`]: wiring: builds the VM from a [`vmm::VmConfig`], runs the event loop, stops it.
+//! - [`api`]: the HTTP/JSON API on a Unix socket and its client (`vmm ctl`).
+
+pub mod api;
+pub mod arch;
+pub mod devices;
+pub mod memory;
+pub mod size;
+pub mod terminal;
+pub mod vcpu;
+pub mod vmm;

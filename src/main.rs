@@ -1,0 +1,2 @@
+//! The `vmm` command line. (Being written.)
+fn main() {}

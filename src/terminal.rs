@@ -1,0 +1,1 @@
+//! Terminal raw mode. (Being written.)
