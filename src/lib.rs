@@ -13,7 +13,9 @@
 
 pub mod api;
 pub mod arch;
+pub mod console;
 pub mod devices;
+pub mod lifecycle;
 pub mod memory;
 pub mod size;
 pub mod terminal;

@@ -1,2 +1,126 @@
-//! The `vmm` command line. (Being written.)
-fn main() {}
+//! The `vmm` command line: parses arguments, runs the VM (or the `ctl` client), and turns
+//! the outcome into one line on stderr and an exit status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use vmm::lifecycle::StopReason;
+use vmm::memory::MemoryBacking;
+use vmm::size::parse_size;
+use vmm::vmm::{VmConfig, DEFAULT_MEMORY};
+
+/// A small KVM virtual machine monitor built around a complete virtio memory balloon.
+#[derive(Parser, Debug)]
+#[command(
+    name = "vmm",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {}
+
+/// Boot a Linux bzImage.
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The guest kernel (an x86_64 bzImage).
+    #[arg(long, value_name = "PATH", required = true)]
+    kernel: Option<PathBuf>,
+    /// An initramfs for the guest.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Added to the end of the kernel command line (after "console=ttyS0 reboot=k panic=1 pci=off").
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    cmdline: Option<String>,
+    /// Guest memory: 512M, 2G, 1536MiB, 2GiB or bytes.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg, default_value_t = DEFAULT_MEMORY, hide_default_value = true)]
+    mem: u64,
+    /// What backs guest memory: private anonymous memory, or a shared memfd.
+    #[arg(long, value_name = "KIND", value_enum, default_value_t = Backing::Anon)]
+    mem_backing: Backing,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u8,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Backing {
+    Anon,
+    Memfd,
+}
+
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(e),
+    };
+    if let Some(command) = cli.command {
+        match command {}
+    }
+    run_vm(cli.run)
+}
+
+/// Help and version go to stdout as clap formats them; a usage error becomes one line.
+fn clap_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("vmm: {first} (see vmm --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_vm(args: RunArgs) -> ExitCode {
+    let Some(kernel) = args.kernel else {
+        eprintln!("vmm: --kernel is required (see vmm --help)");
+        return ExitCode::from(2);
+    };
+    let config = VmConfig {
+        kernel,
+        initrd: args.initrd,
+        cmdline_extra: args.cmdline,
+        mem_size: args.mem,
+        mem_backing: match args.mem_backing {
+            Backing::Anon => MemoryBacking::Anonymous,
+            Backing::Memfd => MemoryBacking::Memfd,
+        },
+        vcpus: args.cpus,
+    };
+    let outcome = vmm::vmm::run(config);
+    vmm::terminal::restore();
+    match outcome {
+        Ok(StopReason::Error(reason)) => {
+            eprintln!("vmm: {reason}");
+            ExitCode::FAILURE
+        }
+        Ok(reason) => ExitCode::from(reason.exit_code() as u8),
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,63 @@
-//! Terminal raw mode. (Being written.)
+//! Puts the host terminal in raw mode while the guest owns the console, and puts it back
+//! on every way out: normal exit, error, panic (a hook) and termination signals (the
+//! event loop turns them into a normal stop).
+
+use std::sync::Mutex;
+
+/// The terminal settings to restore, if raw mode is on.
+static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
+
+/// Raw mode for as long as this value lives.
+pub struct RawTerminal {
+    _private: (),
+}
+
+impl RawTerminal {
+    /// Switches stdin to raw mode if it is a terminal; returns `None` if it is not (a
+    /// pipe or `/dev/null`), in which case nothing changes.
+    pub fn enable() -> Option<RawTerminal> {
+        // SAFETY: isatty only inspects the fd.
+        if unsafe { libc::isatty(libc::STDIN_FILENO) } != 1 {
+            return None;
+        }
+        // SAFETY: termios is plain data; tcgetattr fills it for a valid fd.
+        let mut original: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut original) } != 0 {
+            return None;
+        }
+        let mut raw = original;
+        // SAFETY: cfmakeraw only edits the struct it is given.
+        unsafe { libc::cfmakeraw(&mut raw) };
+        // SAFETY: sets attributes on a valid terminal fd from a valid struct.
+        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
+            return None;
+        }
+        *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(original);
+        install_panic_restore();
+        Some(RawTerminal { _private: () })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+/// Restores the saved terminal settings, if any. Safe to call more than once.
+pub fn restore() {
+    let saved = SAVED.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(original) = saved {
+        // SAFETY: restores attributes we read from the same fd.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &original) };
+    }
+}
+
+fn install_panic_restore() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore();
+        previous(info);
+    }));
+}
