@@ -82,12 +82,16 @@ fn clap_error(e: clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
+            // clap's message may continue on the next lines (e.g. the missing argument's
+            // name); keep everything before the usage block, on one line.
             let rendered = e.render().to_string();
-            let first = rendered
+            let message: Vec<&str> = rendered
                 .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
+                .map(str::trim)
+                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+                .collect();
+            let first = message.join(" ");
+            let first = first.trim_start_matches("error: ");
             eprintln!("vmm: {first} (see vmm --help)");
             ExitCode::from(2)
         }

@@ -102,8 +102,21 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::Kvm { what, source }
 }
 
-/// Checks what can be checked before touching KVM.
+/// Checks what can be checked before touching KVM: the numbers, and that the kernel and
+/// initrd can be read.
 pub fn validate(config: &VmConfig) -> Result<(), VmmError> {
+    validate_numbers(config)?;
+    boot::check_kernel(&config.kernel)?;
+    if let Some(initrd) = &config.initrd {
+        std::fs::File::open(initrd).map_err(|source| boot::BootError::InitrdOpen {
+            path: initrd.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn validate_numbers(config: &VmConfig) -> Result<(), VmmError> {
     if config.vcpus == 0 {
         return Err(VmmError::NoVcpus(0));
     }
@@ -522,25 +535,25 @@ mod tests {
         let mut cfg = config();
         cfg.vcpus = 0;
         assert_eq!(
-            validate(&cfg).unwrap_err().to_string(),
+            validate_numbers(&cfg).unwrap_err().to_string(),
             "--cpus 0: a VM needs at least one vCPU"
         );
         let mut cfg = config();
         cfg.mem_size = 1000 * 4096 + 1;
-        assert!(validate(&cfg)
+        assert!(validate_numbers(&cfg)
             .unwrap_err()
             .to_string()
             .contains("4 KiB pages"));
         cfg.mem_size = 16 * MIB;
         assert_eq!(
-            validate(&cfg).unwrap_err().to_string(),
+            validate_numbers(&cfg).unwrap_err().to_string(),
             "--mem 16 MiB: a Linux guest needs at least 64 MiB"
         );
         cfg.mem_size = 1 << 50;
-        assert!(validate(&cfg)
+        assert!(validate_numbers(&cfg)
             .unwrap_err()
             .to_string()
             .starts_with("--mem 1024 TiB: more than this host has"));
-        assert!(validate(&config()).is_ok());
+        assert!(validate_numbers(&config()).is_ok());
     }
 }

@@ -85,15 +85,15 @@ pub struct LoadedKernel {
     setup_header: linux_loader::loader::bootparam::setup_header,
 }
 
-/// Loads the bzImage at `path` to [`layout::HIMEM_START`].
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
+/// Opens `path` and checks it is a bzImage vmm can boot, so that each way a file can be
+/// wrong gets its own sentence (the loader's errors are too terse for a user). Cheap
+/// enough to run before anything else is set up.
+pub fn check_kernel(path: &Path) -> Result<File, BootError> {
     let display = path.display().to_string();
     let mut file = File::open(path).map_err(|source| BootError::KernelOpen {
         path: display.clone(),
         source,
     })?;
-    // Look at the header ourselves first so each way a file can be wrong gets its own
-    // sentence; the loader's errors are too terse for a user.
     let header = read_setup_header(&mut file).ok_or_else(|| BootError::NotBzImage {
         path: display.clone(),
     })?;
@@ -113,9 +113,16 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
     }
     file.seek(SeekFrom::Start(0))
         .map_err(|source| BootError::KernelOpen {
-            path: display.clone(),
+            path: display,
             source,
         })?;
+    Ok(file)
+}
+
+/// Loads the bzImage at `path` to [`layout::HIMEM_START`].
+pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
+    let display = path.display().to_string();
+    let mut file = check_kernel(path)?;
     let result = BzImage::load(
         mem,
         Some(layout::HIMEM_START),
