@@ -14,6 +14,7 @@
 pub mod api;
 pub mod arch;
 pub mod devices;
+pub mod logging;
 pub mod memory;
 pub mod size;
 pub mod terminal;
