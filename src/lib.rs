@@ -16,6 +16,7 @@ pub mod arch;
 pub mod console;
 pub mod devices;
 pub mod lifecycle;
+pub mod logging;
 pub mod memory;
 pub mod size;
 pub mod terminal;

@@ -9,6 +9,7 @@
 
 pub mod balloon;
 pub mod event_handler;
+pub mod interrupt;
 pub mod mmio;
 
 use std::os::unix::io::RawFd;
