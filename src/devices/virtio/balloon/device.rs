@@ -452,8 +452,7 @@ impl VirtioDevice for Balloon {
             }
             if !queue.is_valid(&mem) {
                 return Err(ActivateError::Other(format!(
-                    "queue {index} ({name}) has a size that is not a power of two, or rings \
-                     that are misaligned or outside guest RAM"
+                    "queue {index} ({name}) has rings outside guest RAM"
                 )));
             }
             by_role[role.slot()] = Some(queue);
