@@ -1,7 +1,59 @@
-//! The virtio memory balloon (device ID 5). (Being written; this file holds the public
-//! interface the rest of the VMM and the API build on.)
+//! The virtio memory balloon (device ID 5).
+//!
+//! This file holds the public interface the rest of the VMM and the API build on: the
+//! configuration, the information and statistics types, the errors and [`BalloonControl`].
+//! The device itself is [`Balloon`]; one file per concern:
+//!
+//! - [`layout`]: which queue index serves which role, from the offered features.
+//! - [`config`]: `--balloon` values and the device configuration space.
+//! - `device`: [`Balloon`], the [`VirtioDevice`](super::VirtioDevice) state machine.
+//! - `inflate`, `stats`, `reporting`, `hinting`: what each queue does with its buffers.
+//! - `ranges`: PFN merging and discarding guest ranges that may straddle RAM regions.
+//! - `chains`, `warnings`: taking buffers off a queue and giving them back; logging a
+//!   misbehaving guest once per kind of fault.
+//!
+//! `docs/balloon.md` explains the protocol decisions (queue numbering, page poison,
+//! hinting) at length.
+
+mod chains;
+pub mod config;
+mod device;
+mod hinting;
+mod inflate;
+pub mod layout;
+mod ranges;
+mod reporting;
+mod stats;
+mod warnings;
+
+#[cfg(test)]
+mod device_tests;
+#[cfg(test)]
+mod test_util;
+
+pub use config::{BalloonConfigError, MAX_STATS_INTERVAL_S};
+pub use device::{Balloon, BalloonCounters, BalloonSetupError};
+pub use layout::{QueueLayout, QueueRole};
 
 use crate::size::PAGE_SIZE;
+
+/// `VIRTIO_BALLOON_F_MUST_TELL_HOST`: the guest tells the host before it reuses deflated pages.
+pub const VIRTIO_BALLOON_F_MUST_TELL_HOST: u32 = 0;
+/// `VIRTIO_BALLOON_F_STATS_VQ`: the statistics queue exists.
+pub const VIRTIO_BALLOON_F_STATS_VQ: u32 = 1;
+/// `VIRTIO_BALLOON_F_DEFLATE_ON_OOM`: the guest may deflate the balloon when it runs out of memory.
+pub const VIRTIO_BALLOON_F_DEFLATE_ON_OOM: u32 = 2;
+/// `VIRTIO_BALLOON_F_FREE_PAGE_HINT`: the free page hinting queue exists.
+pub const VIRTIO_BALLOON_F_FREE_PAGE_HINT: u32 = 3;
+/// `VIRTIO_BALLOON_F_PAGE_POISON`: the guest tells the host the value freed pages hold.
+pub const VIRTIO_BALLOON_F_PAGE_POISON: u32 = 4;
+/// `VIRTIO_BALLOON_F_REPORTING`: the free page reporting queue exists.
+pub const VIRTIO_BALLOON_F_REPORTING: u32 = 5;
+
+/// `free_page_hint_cmd_id` value telling the guest to stop hinting (also its initial value).
+pub const FREE_PAGE_HINT_CMD_ID_STOP: u32 = 0;
+/// `free_page_hint_cmd_id` value telling the guest it may reuse the pages it hinted.
+pub const FREE_PAGE_HINT_CMD_ID_DONE: u32 = 1;
 
 /// Balloon page size: PFNs in the inflate/deflate queues are in 4 KiB units.
 pub const BALLOON_PAGE_SIZE: u64 = PAGE_SIZE;

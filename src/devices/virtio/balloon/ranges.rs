@@ -1,0 +1,238 @@
+//! Turning what the guest gives up into host ranges to free: PFNs merged into runs of
+//! contiguous pages, ranges trimmed to whole pages, and discards clipped to guest RAM.
+//!
+//! Merging is the point: the seed device made one `madvise` per 4 KiB page; a run of
+//! contiguous pages costs one system call however long it is.
+
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use super::BALLOON_PAGE_SIZE;
+use crate::memory::{discard_range, DiscardError, GuestMemoryMmap};
+
+const PFN_SHIFT: u32 = 12;
+
+/// A run of contiguous 4 KiB pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PageRun {
+    pub first_pfn: u64,
+    pub pages: u64,
+}
+
+impl PageRun {
+    pub fn addr(&self) -> u64 {
+        self.first_pfn << PFN_SHIFT
+    }
+
+    pub fn len(&self) -> u64 {
+        self.pages << PFN_SHIFT
+    }
+}
+
+/// Sorts `pfns`, drops duplicates and returns the runs of contiguous pages, in order.
+/// `pfns` is left sorted and deduplicated.
+pub(super) fn merge_pfns(pfns: &mut Vec<u32>) -> Vec<PageRun> {
+    pfns.sort_unstable();
+    pfns.dedup();
+    let mut runs: Vec<PageRun> = Vec::new();
+    for &pfn in pfns.iter() {
+        let pfn = u64::from(pfn);
+        match runs.last_mut() {
+            Some(run) if run.first_pfn + run.pages == pfn => run.pages += 1,
+            _ => runs.push(PageRun {
+                first_pfn: pfn,
+                pages: 1,
+            }),
+        }
+    }
+    runs
+}
+
+/// The whole pages inside `[addr, addr + len)`: the start rounded up and the end rounded
+/// down to 4 KiB. `None` if no whole page fits (or the range wraps around).
+pub(super) fn whole_pages(addr: u64, len: u64) -> Option<(u64, u64)> {
+    let mask = BALLOON_PAGE_SIZE - 1;
+    let end = addr.checked_add(len)? & !mask;
+    let start = addr.checked_add(mask)? & !mask;
+    if end > start {
+        Some((start, end - start))
+    } else {
+        None
+    }
+}
+
+/// What happened to the bytes of a range given to [`discard_in_ram`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct DiscardOutcome {
+    /// Bytes given back to the host.
+    pub discarded: u64,
+    /// Bytes outside guest RAM, left alone.
+    pub outside_ram: u64,
+    /// The first address outside guest RAM, for the log.
+    pub first_outside: Option<u64>,
+    /// Bytes whose discard failed, and the first error.
+    pub failed: u64,
+    pub first_error: Option<DiscardError>,
+    /// Discard calls made.
+    pub calls: u64,
+}
+
+impl DiscardOutcome {
+    /// Adds another outcome's counts to this one.
+    pub fn absorb(&mut self, other: DiscardOutcome) {
+        self.discarded += other.discarded;
+        self.outside_ram += other.outside_ram;
+        self.failed += other.failed;
+        self.calls += other.calls;
+        self.first_outside = self.first_outside.or(other.first_outside);
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Discards every part of the page-aligned range `[addr, addr + len)` that is guest RAM,
+/// one call per RAM region it touches, and skips the parts that are not. Never touches
+/// memory outside guest RAM, whatever the guest wrote.
+pub(super) fn discard_in_ram(mem: &GuestMemoryMmap, addr: u64, len: u64) -> DiscardOutcome {
+    let mut outcome = DiscardOutcome::default();
+    let end = addr.saturating_add(len);
+    let mut cursor = addr;
+    while cursor < end {
+        match mem.find_region(GuestAddress(cursor)) {
+            Some(region) => {
+                let region_end = region.last_addr().raw_value().saturating_add(1);
+                let chunk_end = end.min(region_end);
+                let chunk = chunk_end - cursor;
+                outcome.calls += 1;
+                match discard_range(mem, GuestAddress(cursor), chunk) {
+                    Ok(()) => outcome.discarded += chunk,
+                    Err(e) => {
+                        outcome.failed += chunk;
+                        outcome.first_error.get_or_insert(e);
+                    }
+                }
+                cursor = chunk_end;
+            }
+            None => {
+                let next_region = mem
+                    .iter()
+                    .map(|r| r.start_addr().raw_value())
+                    .filter(|&start| start > cursor)
+                    .min()
+                    .unwrap_or(end)
+                    .min(end);
+                outcome.outside_ram += next_region - cursor;
+                outcome.first_outside.get_or_insert(cursor);
+                cursor = next_region;
+            }
+        }
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64::layout::{HIGH_RAM_START, MMIO_GAP_START};
+    use crate::memory::{create_guest_memory, resident_bytes, MemoryBacking};
+    use crate::size::MIB;
+    use vm_memory::Bytes;
+
+    fn run(first_pfn: u64, pages: u64) -> PageRun {
+        PageRun { first_pfn, pages }
+    }
+
+    #[test]
+    fn merges_sorted_unsorted_and_duplicate_pfns() {
+        assert_eq!(merge_pfns(&mut vec![]), vec![]);
+        assert_eq!(merge_pfns(&mut vec![5, 6, 7]), vec![run(5, 3)]);
+        assert_eq!(
+            merge_pfns(&mut vec![9, 7, 8, 1, 3, 2, 100]),
+            vec![run(1, 3), run(7, 3), run(100, 1)]
+        );
+        assert_eq!(merge_pfns(&mut vec![4, 4, 5, 4]), vec![run(4, 2)]);
+        assert_eq!(
+            merge_pfns(&mut vec![u32::MAX, u32::MAX - 1, 0]),
+            vec![run(0, 1), run(u64::from(u32::MAX) - 1, 2)]
+        );
+        let r = run(0x10, 2);
+        assert_eq!((r.addr(), r.len()), (0x10000, 0x2000));
+    }
+
+    #[test]
+    fn whole_pages_trims_to_page_boundaries() {
+        assert_eq!(whole_pages(0x1000, 0x2000), Some((0x1000, 0x2000)));
+        assert_eq!(whole_pages(0x1001, 0x2000), Some((0x2000, 0x1000)));
+        assert_eq!(whole_pages(0x1000, 0xfff), None);
+        assert_eq!(whole_pages(0x1800, 0x1000), None);
+        assert_eq!(whole_pages(0, 0), None);
+        assert_eq!(whole_pages(u64::MAX - 0xfff, 0x1000), None);
+        assert_eq!(whole_pages(u64::MAX, u64::MAX), None);
+    }
+
+    #[test]
+    fn discards_ram_and_skips_what_is_not() {
+        let mem = create_guest_memory(16 * MIB, MemoryBacking::Anonymous).unwrap();
+        mem.write_slice(&vec![0x5a; 16 * MIB as usize], GuestAddress(0))
+            .unwrap();
+        let before = resident_bytes(&mem);
+        let outcome = discard_in_ram(&mem, 12 * MIB, 8 * MIB);
+        assert_eq!(outcome.discarded, 4 * MIB);
+        assert_eq!(outcome.outside_ram, 4 * MIB);
+        assert_eq!(outcome.first_outside, Some(16 * MIB));
+        assert_eq!(outcome.failed, 0);
+        assert_eq!(outcome.calls, 1);
+        assert!(before - resident_bytes(&mem) >= 4 * MIB - 4096);
+        let mut page = [1u8; 4096];
+        mem.read_slice(&mut page, GuestAddress(12 * MIB)).unwrap();
+        assert!(page.iter().all(|&b| b == 0));
+        mem.read_slice(&mut page, GuestAddress(12 * MIB - 4096))
+            .unwrap();
+        assert!(page.iter().all(|&b| b == 0x5a));
+
+        let far = discard_in_ram(&mem, !0xfff, 0x1000);
+        assert_eq!(far.outside_ram, 0xfff);
+        assert_eq!(far.discarded, 0);
+    }
+
+    #[test]
+    fn a_range_across_the_mmio_gap_is_split_at_the_regions() {
+        // Address space only: nothing is touched, so this costs no host memory.
+        let mem = create_guest_memory(4 << 30, MemoryBacking::Anonymous).unwrap();
+        let start = MMIO_GAP_START - MIB;
+        let end = HIGH_RAM_START.raw_value() + MIB;
+        let outcome = discard_in_ram(&mem, start, end - start);
+        assert_eq!(outcome.discarded, 2 * MIB);
+        assert_eq!(
+            outcome.outside_ram,
+            HIGH_RAM_START.raw_value() - MMIO_GAP_START
+        );
+        assert_eq!(outcome.first_outside, Some(MMIO_GAP_START));
+        assert_eq!(outcome.calls, 2);
+    }
+
+    #[test]
+    fn absorb_keeps_the_first_details() {
+        let mut total = DiscardOutcome {
+            discarded: 1,
+            ..Default::default()
+        };
+        total.absorb(DiscardOutcome {
+            discarded: 2,
+            outside_ram: 3,
+            first_outside: Some(7),
+            failed: 0,
+            first_error: None,
+            calls: 1,
+        });
+        total.absorb(DiscardOutcome {
+            outside_ram: 1,
+            first_outside: Some(9),
+            ..Default::default()
+        });
+        assert_eq!(total.discarded, 3);
+        assert_eq!(total.outside_ram, 4);
+        assert_eq!(total.first_outside, Some(7));
+        assert_eq!(total.calls, 1);
+    }
+}

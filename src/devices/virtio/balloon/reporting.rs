@@ -1,0 +1,85 @@
+//! reporting_vq: free page reporting.
+//!
+//! The guest reports blocks of free memory it has set aside (2 MiB on x86) as
+//! device-writable buffers, one block per descriptor, up to 32 per chain, and waits for
+//! the chain to come back before it puts the pages back on its free lists. The device
+//! frees every block and returns every chain.
+//!
+//! Reported pages stay in the guest's free lists and are handed out without being
+//! written first. If the guest expects freed pages to hold a poison pattern (PAGE_POISON
+//! negotiated with a non-zero `poison_val`), a discarded page would come back as zeros
+//! and the guest would report corruption; then the device returns the chains without
+//! freeing anything (see `docs/balloon.md`).
+
+use virtio_queue::Queue;
+use vm_memory::Address;
+
+use super::chains::{give_back, take_available};
+use super::ranges::{discard_in_ram, whole_pages, DiscardOutcome};
+use super::warnings::{Warning, Warnings};
+use crate::memory::GuestMemoryMmap;
+
+/// What one round of reporting_vq did.
+#[derive(Debug, Default)]
+pub(super) struct ReportingOutcome {
+    pub returned: usize,
+    /// Bytes the guest reported (whole pages).
+    pub reported: u64,
+    pub discard: DiscardOutcome,
+}
+
+/// Processes every chain available on reporting_vq; frees the reported ranges if
+/// `may_discard`.
+pub(super) fn process_reporting(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    may_discard: bool,
+    warnings: &mut Warnings,
+) -> ReportingOutcome {
+    let mut outcome = ReportingOutcome::default();
+    let chains = take_available(queue, mem, warnings);
+    let mut heads = Vec::with_capacity(chains.len());
+    for chain in chains {
+        heads.push(chain.head_index());
+        for desc in chain {
+            let addr = desc.addr().raw_value();
+            let len = u64::from(desc.len());
+            if !desc.is_write_only() {
+                warnings.warn(
+                    Warning::WrongDirection,
+                    format_args!("device-readable reported range {addr:#x}+{len:#x}"),
+                );
+                continue;
+            }
+            let Some((start, pages_len)) = whole_pages(addr, len) else {
+                warnings.warn(
+                    Warning::ReportedRangeUnaligned,
+                    format_args!("{addr:#x}+{len:#x} holds no whole page"),
+                );
+                continue;
+            };
+            if (start, pages_len) != (addr, len) {
+                warnings.warn(
+                    Warning::ReportedRangeUnaligned,
+                    format_args!("{addr:#x}+{len:#x}"),
+                );
+            }
+            outcome.reported += pages_len;
+            if may_discard {
+                let result = discard_in_ram(mem, start, pages_len);
+                if let Some(at) = result.first_outside {
+                    warnings.warn(
+                        Warning::BufferOutsideRam,
+                        format_args!("reported range {addr:#x}+{len:#x} reaches {at:#x}"),
+                    );
+                }
+                if let Some(e) = &result.first_error {
+                    warnings.warn(Warning::DiscardFailed, e);
+                }
+                outcome.discard.absorb(result);
+            }
+        }
+    }
+    outcome.returned = give_back(queue, mem, &heads, warnings);
+    outcome
+}

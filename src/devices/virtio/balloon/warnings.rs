@@ -1,0 +1,156 @@
+//! Logging a misbehaving guest once per kind of fault.
+//!
+//! A guest can repeat a fault as fast as it can notify; logging each one would let it fill
+//! the host's log. Each kind is logged the first time it happens on a device and counted
+//! afterwards. (Private to the balloon until the VMM has one logging module.)
+
+use std::fmt::Display;
+
+/// Something the guest (or a caller) did wrong that the device skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Warning {
+    NotifiedBeforeActivation,
+    NotifiedUnknownQueue,
+    NotifiedUnusedQueue,
+    AvailRingIndex,
+    HeadIndexOutOfRange,
+    UsedRingWrite,
+    WrongDirection,
+    BufferOutsideRam,
+    PfnOutsideRam,
+    PfnBufferLength,
+    DiscardFailed,
+    StatsOversized,
+    StatsLength,
+    StatsSecondBuffer,
+    ReportedRangeUnaligned,
+    HintCommandLength,
+    HintFromGuestDone,
+    HintWithoutCommand,
+    ConfigReadOnlyWrite,
+    TimerFailed,
+}
+
+impl Warning {
+    const ALL: [Warning; 20] = [
+        Warning::NotifiedBeforeActivation,
+        Warning::NotifiedUnknownQueue,
+        Warning::NotifiedUnusedQueue,
+        Warning::AvailRingIndex,
+        Warning::HeadIndexOutOfRange,
+        Warning::UsedRingWrite,
+        Warning::WrongDirection,
+        Warning::BufferOutsideRam,
+        Warning::PfnOutsideRam,
+        Warning::PfnBufferLength,
+        Warning::DiscardFailed,
+        Warning::StatsOversized,
+        Warning::StatsLength,
+        Warning::StatsSecondBuffer,
+        Warning::ReportedRangeUnaligned,
+        Warning::HintCommandLength,
+        Warning::HintFromGuestDone,
+        Warning::HintWithoutCommand,
+        Warning::ConfigReadOnlyWrite,
+        Warning::TimerFailed,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn sentence(self) -> &'static str {
+        match self {
+            Warning::NotifiedBeforeActivation => {
+                "the driver notified a queue before the device was activated; ignored"
+            }
+            Warning::NotifiedUnknownQueue => "the driver notified a queue the device does not have",
+            Warning::NotifiedUnusedQueue => {
+                "the driver notified a queue whose feature it did not negotiate"
+            }
+            Warning::AvailRingIndex => {
+                "the available ring index ran more than a queue's size ahead; queue skipped"
+            }
+            Warning::HeadIndexOutOfRange => {
+                "a descriptor chain head lies outside the queue; it cannot be returned"
+            }
+            Warning::UsedRingWrite => "a buffer could not be returned to the used ring",
+            Warning::WrongDirection => "a descriptor has the wrong direction; skipped",
+            Warning::BufferOutsideRam => "a descriptor points outside guest RAM; skipped",
+            Warning::PfnOutsideRam => "an inflated page lies outside guest RAM; skipped",
+            Warning::PfnBufferLength => {
+                "an inflate buffer is not a whole number of 4-byte PFNs; the tail is ignored"
+            }
+            Warning::DiscardFailed => "giving guest memory back to the host failed",
+            Warning::StatsOversized => "a statistics buffer is too large; returned unread",
+            Warning::StatsLength => {
+                "a statistics buffer is not a whole number of 10-byte entries; the tail is ignored"
+            }
+            Warning::StatsSecondBuffer => {
+                "the driver queued a second statistics buffer; the older one was returned"
+            }
+            Warning::ReportedRangeUnaligned => {
+                "a reported free range is not page-aligned; only its whole pages are freed"
+            }
+            Warning::HintCommandLength => "a free page hint command is not 4 bytes; skipped",
+            Warning::HintFromGuestDone => {
+                "the guest sent DONE on the free page queue; read as STOP"
+            }
+            Warning::HintWithoutCommand => {
+                "a free page hint arrived before any command ID; not freed"
+            }
+            Warning::ConfigReadOnlyWrite => {
+                "the driver wrote a read-only configuration field; ignored"
+            }
+            Warning::TimerFailed => "the statistics timer failed",
+        }
+    }
+}
+
+/// Which warnings a device has logged, and how often each happened.
+#[derive(Debug, Default)]
+pub(super) struct Warnings {
+    counts: [u64; Warning::ALL.len()],
+}
+
+impl Warnings {
+    /// Records `warning`; logs it with `detail` the first time only.
+    pub(super) fn warn(&mut self, warning: Warning, detail: impl Display) {
+        let count = &mut self.counts[warning.index()];
+        if *count == 0 {
+            eprintln!(
+                "vmm: virtio-balloon: {} ({detail}); later occurrences are not logged",
+                warning.sentence()
+            );
+        }
+        *count = count.saturating_add(1);
+    }
+
+    /// How often `warning` happened.
+    #[cfg(test)]
+    pub(super) fn count(&self, warning: Warning) -> u64 {
+        self.counts[warning.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_warning_has_its_own_slot() {
+        for (i, w) in Warning::ALL.iter().enumerate() {
+            assert_eq!(w.index(), i);
+            assert!(!w.sentence().is_empty());
+        }
+    }
+
+    #[test]
+    fn counts_every_occurrence() {
+        let mut warnings = Warnings::default();
+        warnings.warn(Warning::PfnOutsideRam, "pfn 0x1");
+        warnings.warn(Warning::PfnOutsideRam, "pfn 0x2");
+        assert_eq!(warnings.count(Warning::PfnOutsideRam), 2);
+        assert_eq!(warnings.count(Warning::StatsLength), 0);
+    }
+}
