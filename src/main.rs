@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use vmm::devices::virtio::balloon::BalloonConfig;
 use vmm::lifecycle::StopReason;
 use vmm::memory::MemoryBacking;
 use vmm::size::parse_size;
@@ -50,12 +51,21 @@ struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     cpus: u8,
+    /// Attach a virtio balloon. ITEMS is a comma-separated list of: stats[=SECONDS],
+    /// deflate-on-oom, page-reporting, free-page-hint, page-poison, must-tell-host,
+    /// size=SIZE. Without ITEMS the balloon has no optional features.
+    #[arg(long, value_name = "ITEMS", num_args = 0..=1, default_missing_value = "", value_parser = parse_balloon_arg)]
+    balloon: Option<BalloonConfig>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum Backing {
     Anon,
     Memfd,
+}
+
+fn parse_balloon_arg(text: &str) -> Result<BalloonConfig, String> {
+    text.parse::<BalloonConfig>().map_err(|e| e.to_string())
 }
 
 fn parse_size_arg(text: &str) -> Result<u64, String> {
@@ -113,6 +123,7 @@ fn run_vm(args: RunArgs) -> ExitCode {
             Backing::Memfd => MemoryBacking::Memfd,
         },
         vcpus: args.cpus,
+        balloon: args.balloon,
     };
     let outcome = vmm::vmm::run(config);
     vmm::terminal::restore();

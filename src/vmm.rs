@@ -15,7 +15,7 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -27,6 +27,10 @@ use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::acpi_power::AcpiPowerDevice;
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{SerialConsole, UnbufferedFd};
+use crate::devices::virtio::balloon::{Balloon, BalloonConfig, BalloonHandle, BalloonSetupError};
+use crate::devices::virtio::event_handler::VirtioMmioEventHandler;
+use crate::devices::virtio::mmio::{MmioError, MmioTransport, MMIO_QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::VirtioDevice;
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::memory::{self, GuestMemoryMmap, MemoryBacking};
 use crate::size::{HumanSize, MIB, PAGE_SIZE};
@@ -56,6 +60,8 @@ pub struct VmConfig {
     pub mem_size: u64,
     pub mem_backing: MemoryBacking,
     pub vcpus: u8,
+    /// The balloon, if `--balloon` was given.
+    pub balloon: Option<BalloonConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +98,10 @@ pub enum VmmError {
     },
     #[error("event loop failed: {0}")]
     EventLoop(String),
+    #[error("--balloon: {0}")]
+    Balloon(#[from] BalloonSetupError),
+    #[error("cannot set up the virtio-mmio transport: {0}")]
+    Mmio(#[from] MmioError),
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
@@ -172,6 +182,7 @@ pub struct Vm {
     lifecycle: Arc<Lifecycle>,
     vcpus: Vec<Vcpu>,
     event_manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    balloon: Option<BalloonHandle>,
     config: VmConfig,
 }
 
@@ -206,7 +217,7 @@ impl Vm {
 
         let lifecycle = Arc::new(Lifecycle::new().map_err(io_err("the stop event"))?);
         let mut io_bus = Bus::new();
-        let mmio_bus = Bus::new();
+        let mut mmio_bus = Bus::new();
         let mut event_manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
             .map_err(|e| VmmError::EventLoop(e.to_string()))?;
 
@@ -251,7 +262,25 @@ impl Vm {
             2,
         )?;
 
-        let mmio_devices: Vec<layout::MmioDeviceInfo> = Vec::new();
+        // Virtio devices, one virtio-mmio slot each.
+        let mut mmio_devices: Vec<layout::MmioDeviceInfo> = Vec::new();
+        let balloon = match config.balloon {
+            Some(balloon_config) => {
+                let slot = layout::MmioDeviceInfo::slot(mmio_devices.len() as u32);
+                let device = Balloon::new(balloon_config, config.mem_size)?;
+                let transport = attach_virtio_device(
+                    &vm_fd,
+                    &mem,
+                    &mut mmio_bus,
+                    &mut event_manager,
+                    device,
+                    slot,
+                )?;
+                mmio_devices.push(slot);
+                Some(BalloonHandle::new(transport))
+            }
+            None => None,
+        };
 
         // The kernel, its command line, initrd and the firmware tables.
         let kernel = boot::load_kernel(&mem, &config.kernel)?;
@@ -290,6 +319,7 @@ impl Vm {
             lifecycle,
             vcpus,
             event_manager,
+            balloon,
             config,
         })
     }
@@ -302,6 +332,11 @@ impl Vm {
     /// Guest RAM.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
+    }
+
+    /// The balloon, if one is attached.
+    pub fn balloon(&self) -> Option<&BalloonHandle> {
+        self.balloon.as_ref()
     }
 
     /// Runs the guest until it stops; returns why.
@@ -344,6 +379,39 @@ impl Vm {
                 .unwrap_or(StopReason::ShutdownRequested)),
         }
     }
+}
+
+/// Puts a virtio device on the MMIO bus at `slot`: its register window, an ioeventfd per
+/// queue on `QueueNotify` (datamatch = queue index, so notifications never reach a vCPU
+/// exit), an irqfd on its GSI, and its events in the event loop.
+fn attach_virtio_device<D: VirtioDevice + 'static>(
+    vm_fd: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio_bus: &mut Bus,
+    event_manager: &mut EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    device: D,
+    slot: layout::MmioDeviceInfo,
+) -> Result<Arc<Mutex<MmioTransport<D>>>, VmmError> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("a virtio interrupt"))?;
+    vm_fd
+        .register_irqfd(&irq, slot.gsi)
+        .map_err(kvm_err("wiring a virtio interrupt"))?;
+    let transport = MmioTransport::new(device, mem.clone(), Arc::new(irq))?;
+    for (index, event) in transport.queue_events().iter().enumerate() {
+        vm_fd
+            .register_ioevent(
+                event,
+                &IoEventAddress::Mmio(slot.addr + MMIO_QUEUE_NOTIFY_OFFSET),
+                index as u32,
+            )
+            .map_err(kvm_err("registering a virtio queue notification"))?;
+    }
+    let transport = Arc::new(Mutex::new(transport));
+    mmio_bus.insert(transport.clone(), slot.addr, slot.len)?;
+    event_manager.add_subscriber(Arc::new(Mutex::new(VirtioMmioEventHandler::new(
+        transport.clone(),
+    ))));
+    Ok(transport)
 }
 
 fn register_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
@@ -514,6 +582,7 @@ mod tests {
             mem_size: DEFAULT_MEMORY,
             mem_backing: MemoryBacking::Anonymous,
             vcpus: 1,
+            balloon: None,
         }
     }
 

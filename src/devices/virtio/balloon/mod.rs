@@ -9,6 +9,7 @@
 //! - `device`: [`Balloon`], the [`VirtioDevice`](super::VirtioDevice) state machine.
 //! - `inflate`, `stats`, `reporting`, `hinting`: what each queue does with its buffers.
 //! - `ranges`: PFN merging and discarding guest ranges that may straddle RAM regions.
+//! - `handle`: [`BalloonHandle`], the running balloon behind [`BalloonControl`].
 //! - `chains`, `warnings`: taking buffers off a queue and giving them back; logging a
 //!   misbehaving guest once per kind of fault.
 //!
@@ -18,6 +19,7 @@
 mod chains;
 pub mod config;
 mod device;
+mod handle;
 mod hinting;
 mod inflate;
 pub mod layout;
@@ -33,6 +35,7 @@ mod test_util;
 
 pub use config::{BalloonConfigError, MAX_STATS_INTERVAL_S};
 pub use device::{Balloon, BalloonCounters, BalloonSetupError};
+pub use handle::BalloonHandle;
 pub use layout::{QueueLayout, QueueRole};
 
 use crate::size::PAGE_SIZE;
