@@ -16,12 +16,12 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::arch::x86_64::{boot, layout};
+use crate::arch::x86_64::{acpi, boot, layout, mptable};
 use crate::console::ConsoleInput;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::acpi_power::AcpiPowerDevice;
@@ -75,7 +75,7 @@ pub enum VmmError {
     },
     #[error("--cpus {0}: a VM needs at least one vCPU")]
     NoVcpus(u8),
-    #[error("--cpus {requested}: KVM on this host allows at most {max}")]
+    #[error("--cpus {requested}: at most {max} vCPUs are supported here")]
     TooManyVcpus { requested: u8, max: usize },
     #[error("--mem {}: not a whole number of 4 KiB pages", HumanSize(*.0))]
     MemoryNotPageAligned(u64),
@@ -87,6 +87,10 @@ pub enum VmmError {
     Memory(#[from] memory::MemoryError),
     #[error(transparent)]
     Boot(#[from] boot::BootError),
+    #[error("cannot build the ACPI tables: {0}")]
+    Acpi(#[from] acpi::AcpiError),
+    #[error("cannot build the MP table: {0}")]
+    Mptable(#[from] mptable::MptableError),
     #[error(transparent)]
     Vcpu(#[from] vcpu::VcpuError),
     #[error("cannot place a device: {0}")]
@@ -191,7 +195,7 @@ impl Vm {
     pub fn build(config: VmConfig) -> Result<Vm, VmmError> {
         validate(&config)?;
         let kvm = Kvm::new().map_err(|e| VmmError::KvmOpen(e.to_string()))?;
-        let max_vcpus = kvm.get_max_vcpus();
+        let max_vcpus = kvm.get_max_vcpus().min(usize::from(acpi::MAX_CPUS));
         if usize::from(config.vcpus) > max_vcpus {
             return Err(VmmError::TooManyVcpus {
                 requested: config.vcpus,
@@ -254,10 +258,7 @@ impl Vm {
             u64::from(layout::I8042_PORT_SIZE),
         )?;
         io_bus.insert(
-            Arc::new(Mutex::new(AcpiPowerDevice::new(
-                layout::ACPI_S5_SLEEP_TYPE,
-                lifecycle.clone(),
-            ))),
+            Arc::new(Mutex::new(AcpiPowerDevice::new(lifecycle.clone()))),
             u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
             2,
         )?;
@@ -291,8 +292,13 @@ impl Vm {
             .transpose()?;
         let cmdline = kernel_cmdline(&config, &mmio_devices);
         boot::write_cmdline(&mem, &cmdline)?;
-        let rsdp: Option<GuestAddress> = None;
-        boot::write_boot_params(&mem, &kernel, cmdline.len(), initrd, rsdp)?;
+        let rsdp = acpi::create_acpi_tables(&mem, config.vcpus, &mmio_devices)?;
+        // The MP table is for kernels without ACPI; it has room for only so many CPUs,
+        // and kernels that can use more read the MADT.
+        if config.vcpus <= mptable::MAX_CPUS {
+            mptable::setup_mptable(&mem, config.vcpus, &mmio_devices)?;
+        }
+        boot::write_boot_params(&mem, &kernel, cmdline.len(), initrd, Some(rsdp))?;
 
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
