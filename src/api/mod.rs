@@ -5,9 +5,11 @@
 //! - [`routes`]: what each route does, over [`VmControl`].
 //! - [`types`]: the JSON bodies on the wire.
 //! - [`socket`]: the socket file: mode 0600, stale sockets, removal.
+//! - [`client`]: `vmm ctl`.
 //!
 //! The routes are documented in `docs/api.md` and described in `docs/api.yaml` (OpenAPI).
 
+pub mod client;
 pub mod connection;
 pub mod routes;
 pub mod server;
@@ -20,6 +22,7 @@ use std::sync::Arc;
 
 use crate::devices::virtio::balloon::BalloonControl;
 
+pub use client::{run as run_ctl, ClientError, CtlArgs};
 pub use connection::ServerLimits;
 pub use server::ApiServer;
 
