@@ -1,0 +1,307 @@
+//! What each route does: method and path in, status and JSON body out, over the running VM
+//! as [`VmControl`] shows it. Knows nothing of sockets or HTTP framing.
+//!
+//! A request is checked in full (route, method, balloon attached, body) before anything
+//! in the VM is touched, so a refused request changes nothing.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::devices::virtio::balloon::{BalloonControl, BalloonError};
+use crate::size::{HumanSize, MIB};
+
+use super::types::{
+    Action, ActionType, BalloonBody, BalloonStatsBody, BalloonStatsUpdate, BalloonUpdate,
+    EmptyBody, Fault, HintingStart, HintingStatusBody, VmInfoBody, PAGES_PER_MIB,
+};
+use super::VmControl;
+
+/// A path the API serves and the methods it answers there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub path: &'static str,
+    pub methods: &'static [&'static str],
+}
+
+/// Every route the API serves.
+pub const ROUTES: &[Route] = &[
+    Route {
+        path: "/vm",
+        methods: &["GET"],
+    },
+    Route {
+        path: "/balloon",
+        methods: &["GET", "PATCH"],
+    },
+    Route {
+        path: "/balloon/statistics",
+        methods: &["GET", "PATCH"],
+    },
+    Route {
+        path: "/balloon/hinting/start",
+        methods: &["PATCH"],
+    },
+    Route {
+        path: "/balloon/hinting/status",
+        methods: &["GET"],
+    },
+    Route {
+        path: "/balloon/hinting/stop",
+        methods: &["PATCH"],
+    },
+    Route {
+        path: "/actions",
+        methods: &["PUT"],
+    },
+];
+
+/// The body of a request as the HTTP layer framed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBody<'a> {
+    /// The request had no `Content-Length`: by HTTP/1.1 it has no body, and any bytes the
+    /// client sent after the headers cannot be delimited.
+    Absent,
+    /// The `Content-Length` bytes after the headers (possibly none).
+    Present(&'a [u8]),
+}
+
+/// An answer ready for the HTTP layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    /// JSON text; `None` for 204.
+    pub body: Option<String>,
+    /// The `Allow` header of a 405.
+    pub allow: Option<String>,
+    /// The connection cannot carry another request after this one (its framing is lost).
+    pub close: bool,
+}
+
+impl Response {
+    fn no_content() -> Self {
+        Response {
+            status: 204,
+            body: None,
+            allow: None,
+            close: false,
+        }
+    }
+
+    fn json<T: Serialize>(value: &T) -> Self {
+        match serde_json::to_string(value) {
+            Ok(text) => Response {
+                status: 200,
+                body: Some(text),
+                allow: None,
+                close: false,
+            },
+            Err(e) => Response::fault(500, format!("cannot encode the answer: {e}")),
+        }
+    }
+
+    /// An error answer: `{"fault_message": "..."}`.
+    pub fn fault(status: u16, message: impl Into<String>) -> Self {
+        let fault = Fault {
+            fault_message: message.into(),
+        };
+        // A struct of one string always serializes.
+        let body = serde_json::to_string(&fault)
+            .unwrap_or_else(|_| String::from("{\"fault_message\":\"internal error\"}"));
+        Response {
+            status,
+            body: Some(body),
+            allow: None,
+            close: false,
+        }
+    }
+}
+
+/// Answers one request. `target` is the request target as sent (a query string is ignored).
+pub fn handle(vm: &dyn VmControl, method: &str, target: &str, body: RequestBody) -> Response {
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    let Some(route) = ROUTES.iter().find(|route| route.path == path) else {
+        return Response::fault(404, format!("no such route: {path}; {}", route_list()));
+    };
+    if !route.methods.contains(&method) {
+        let allow = route.methods.join(", ");
+        let mut response = Response::fault(
+            405,
+            format!("{path} does not answer {method}; it answers {allow}"),
+        );
+        response.allow = Some(allow);
+        return response;
+    }
+    dispatch(vm, method, path, body).unwrap_or_else(|refusal| refusal)
+}
+
+fn route_list() -> String {
+    let routes: Vec<String> = ROUTES
+        .iter()
+        .flat_map(|route| route.methods.iter().map(|m| format!("{m} {}", route.path)))
+        .collect();
+    format!("the API serves {}", routes.join(", "))
+}
+
+type Answer = Result<Response, Response>;
+
+fn dispatch(vm: &dyn VmControl, method: &str, path: &str, body: RequestBody) -> Answer {
+    match (method, path) {
+        ("GET", "/vm") => Ok(Response::json(&VmInfoBody::new(
+            &vm.info(),
+            vm.balloon().is_some(),
+        ))),
+        ("GET", "/balloon") => Ok(Response::json(&BalloonBody::from(&balloon(vm)?.info()))),
+        ("PATCH", "/balloon") => set_balloon_target(vm, body),
+        ("GET", "/balloon/statistics") => {
+            let statistics = balloon(vm)?.statistics().map_err(balloon_fault)?;
+            Ok(Response::json(&BalloonStatsBody::from(&statistics)))
+        }
+        ("PATCH", "/balloon/statistics") => {
+            let balloon = balloon(vm)?;
+            let update: BalloonStatsUpdate =
+                required_body(body, "PATCH /balloon/statistics", STATS_EXAMPLE)?;
+            balloon
+                .set_stats_interval(update.stats_polling_interval_s)
+                .map_err(balloon_fault)?;
+            Ok(Response::no_content())
+        }
+        ("PATCH", "/balloon/hinting/start") => {
+            let balloon = balloon(vm)?;
+            let start: HintingStart = optional_body(body)?;
+            balloon
+                .start_hinting(start.acknowledge_on_stop)
+                .map_err(balloon_fault)?;
+            Ok(Response::no_content())
+        }
+        ("GET", "/balloon/hinting/status") => {
+            let status = balloon(vm)?.hinting_status().map_err(balloon_fault)?;
+            Ok(Response::json(&HintingStatusBody::from(&status)))
+        }
+        ("PATCH", "/balloon/hinting/stop") => {
+            let balloon = balloon(vm)?;
+            let _: EmptyBody = optional_body(body)?;
+            balloon.stop_hinting().map_err(balloon_fault)?;
+            Ok(Response::no_content())
+        }
+        ("PUT", "/actions") => {
+            let action: Action = required_body(body, "PUT /actions", ACTION_EXAMPLE)?;
+            match action.action_type {
+                ActionType::Shutdown => vm.request_shutdown(),
+            }
+            Ok(Response::no_content())
+        }
+        // ROUTES and this table list the same routes; the tests check every one.
+        _ => Err(Response::fault(
+            500,
+            format!("{method} {path} has no handler"),
+        )),
+    }
+}
+
+const AMOUNT_EXAMPLE: &str = r#"{"amount_mib": 512}"#;
+const STATS_EXAMPLE: &str = r#"{"stats_polling_interval_s": 5}"#;
+const ACTION_EXAMPLE: &str = r#"{"action_type": "Shutdown"}"#;
+
+fn set_balloon_target(vm: &dyn VmControl, body: RequestBody) -> Answer {
+    let balloon = balloon(vm)?;
+    let update: BalloonUpdate = required_body(body, "PATCH /balloon", AMOUNT_EXAMPLE)?;
+    let requested = u64::from(update.amount_mib) * MIB;
+    let guest_memory = vm.info().memory_bytes;
+    if requested > guest_memory {
+        return Err(Response::fault(
+            400,
+            format!(
+                "amount_mib {} ({}) is larger than guest memory ({}); the balloon cannot take more than the guest has",
+                update.amount_mib,
+                HumanSize(requested),
+                HumanSize(guest_memory)
+            ),
+        ));
+    }
+    let pages = update
+        .amount_mib
+        .checked_mul(PAGES_PER_MIB)
+        .ok_or_else(|| {
+            Response::fault(
+                400,
+                format!(
+                    "amount_mib {} is more 4 KiB pages than the balloon can count",
+                    update.amount_mib
+                ),
+            )
+        })?;
+    balloon.set_target_pages(pages).map_err(balloon_fault)?;
+    Ok(Response::no_content())
+}
+
+fn balloon(vm: &dyn VmControl) -> Result<std::sync::Arc<dyn BalloonControl>, Response> {
+    vm.balloon().ok_or_else(|| {
+        Response::fault(
+            409,
+            "no balloon is attached to this VM; start vmm with --balloon",
+        )
+    })
+}
+
+/// Every balloon error is a request the device cannot carry out as asked.
+fn balloon_fault(error: BalloonError) -> Response {
+    Response::fault(400, error.to_string())
+}
+
+fn required_body<T: DeserializeOwned>(
+    body: RequestBody,
+    route: &str,
+    example: &str,
+) -> Result<T, Response> {
+    match body {
+        RequestBody::Absent => {
+            let mut response = Response::fault(
+                411,
+                format!(
+                    "{route} needs a JSON body like {example} sent with a Content-Length header"
+                ),
+            );
+            response.close = true;
+            Err(response)
+        }
+        RequestBody::Present(bytes) if is_blank(bytes) => Err(Response::fault(
+            400,
+            format!("{route} needs a JSON body like {example}; the body is empty"),
+        )),
+        RequestBody::Present(bytes) => parse(bytes),
+    }
+}
+
+/// A body that may be left out: no body, an empty one, or JSON.
+fn optional_body<T: DeserializeOwned + Default>(body: RequestBody) -> Result<T, Response> {
+    match body {
+        RequestBody::Absent => Ok(T::default()),
+        RequestBody::Present(bytes) if is_blank(bytes) => Ok(T::default()),
+        RequestBody::Present(bytes) => parse(bytes),
+    }
+}
+
+fn is_blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Parses a JSON body; the error names the field at fault, if any.
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
+    let invalid = |message: String| Response::fault(400, format!("invalid JSON body: {message}"));
+    // serde would also take a struct's fields from an array (`[512]`); the API does not.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(invalid("the body must be a JSON object".to_string()));
+    }
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let inner = e.inner().to_string();
+        // "unknown field `x`" already names it.
+        if e.path().iter().next().is_none() || inner.starts_with("unknown field") {
+            invalid(inner)
+        } else {
+            invalid(format!("{}: {inner}", e.path()))
+        }
+    })?;
+    json.end().map_err(|e| invalid(e.to_string()))?;
+    Ok(value)
+}
