@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use vmm::api::CtlArgs;
 use vmm::devices::virtio::balloon::BalloonConfig;
 use vmm::lifecycle::StopReason;
 use vmm::memory::MemoryBacking;
@@ -28,7 +29,10 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Talk to a running vmm through its API socket.
+    Ctl(CtlArgs),
+}
 
 /// Boot a Linux bzImage.
 #[derive(clap::Args, Debug)]
@@ -56,6 +60,9 @@ struct RunArgs {
     /// size=SIZE. Without ITEMS the balloon has no optional features.
     #[arg(long, value_name = "ITEMS", num_args = 0..=1, default_missing_value = "", value_parser = parse_balloon_arg)]
     balloon: Option<BalloonConfig>,
+    /// Serve the JSON API on this Unix socket (mode 0600; removed when vmm exits).
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -77,8 +84,8 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
-    if let Some(command) = cli.command {
-        match command {}
+    if let Some(Command::Ctl(args)) = cli.command {
+        return run_ctl(&args);
     }
     run_vm(cli.run)
 }
@@ -108,6 +115,17 @@ fn clap_error(e: clap::Error) -> ExitCode {
     }
 }
 
+fn run_ctl(args: &CtlArgs) -> ExitCode {
+    let mut stdout = std::io::stdout();
+    match vmm::api::run_ctl(args, &mut stdout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmm ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run_vm(args: RunArgs) -> ExitCode {
     let Some(kernel) = args.kernel else {
         eprintln!("vmm: --kernel is required (see vmm --help)");
@@ -124,6 +142,7 @@ fn run_vm(args: RunArgs) -> ExitCode {
         },
         vcpus: args.cpus,
         balloon: args.balloon,
+        api_socket: args.api_sock,
     };
     let outcome = vmm::vmm::run(config);
     vmm::terminal::restore();

@@ -9,7 +9,7 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
@@ -21,13 +21,16 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::api::{ApiError, ApiServer, VmControl, VmInfo};
 use crate::arch::x86_64::{acpi, boot, layout, mptable};
 use crate::console::ConsoleInput;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::acpi_power::AcpiPowerDevice;
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{SerialConsole, UnbufferedFd};
-use crate::devices::virtio::balloon::{Balloon, BalloonConfig, BalloonHandle, BalloonSetupError};
+use crate::devices::virtio::balloon::{
+    Balloon, BalloonConfig, BalloonControl, BalloonHandle, BalloonSetupError,
+};
 use crate::devices::virtio::event_handler::VirtioMmioEventHandler;
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, MMIO_QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::VirtioDevice;
@@ -62,6 +65,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// The balloon, if `--balloon` was given.
     pub balloon: Option<BalloonConfig>,
+    /// Where to serve the API, if `--api-sock` was given.
+    pub api_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +111,8 @@ pub enum VmmError {
     Balloon(#[from] BalloonSetupError),
     #[error("cannot set up the virtio-mmio transport: {0}")]
     Mmio(#[from] MmioError),
+    #[error("--api-sock: {0}")]
+    Api(#[from] ApiError),
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
@@ -569,11 +576,63 @@ impl MutEventSubscriber for StopWatcher {
     }
 }
 
-/// Builds and runs a VM: the whole life of `vmm --kernel …`.
+/// The running VM as the API sees it.
+struct VmController {
+    vcpus: u8,
+    memory_bytes: u64,
+    started: Instant,
+    lifecycle: Arc<Lifecycle>,
+    balloon: Option<Arc<dyn BalloonControl>>,
+}
+
+impl VmControl for VmController {
+    fn info(&self) -> VmInfo {
+        VmInfo {
+            vcpus: self.vcpus,
+            memory_bytes: self.memory_bytes,
+            state: if self.lifecycle.is_stopping() {
+                "Stopping"
+            } else {
+                "Running"
+            },
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    fn balloon(&self) -> Option<Arc<dyn BalloonControl>> {
+        self.balloon.clone()
+    }
+
+    fn request_shutdown(&self) {
+        self.lifecycle.request_stop(StopReason::ShutdownRequested);
+    }
+}
+
+/// Builds and runs a VM: the whole life of `vmm --kernel …`. The API socket (if any) is
+/// served from before the first vCPU runs until after the last one stopped, and removed
+/// on the way out.
 pub fn run(config: VmConfig) -> Result<StopReason, VmmError> {
+    let api_socket = config.api_socket.clone();
     let vm = Vm::build(config)?;
+    let api = match api_socket {
+        Some(path) => {
+            let controller = VmController {
+                vcpus: vm.config.vcpus,
+                memory_bytes: vm.config.mem_size,
+                started: Instant::now(),
+                lifecycle: vm.lifecycle(),
+                balloon: vm
+                    .balloon()
+                    .map(|b| Arc::new(b.clone()) as Arc<dyn BalloonControl>),
+            };
+            Some(ApiServer::start(&path, Arc::new(controller))?)
+        }
+        None => None,
+    };
     let _raw = crate::terminal::RawTerminal::enable();
-    vm.run()
+    let outcome = vm.run();
+    drop(api);
+    outcome
 }
 
 #[cfg(test)]
@@ -589,6 +648,7 @@ mod tests {
             mem_backing: MemoryBacking::Anonymous,
             vcpus: 1,
             balloon: None,
+            api_socket: None,
         }
     }
 
