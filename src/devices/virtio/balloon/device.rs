@@ -465,8 +465,8 @@ impl VirtioDevice for Balloon {
         });
         self.arm_stats_timer();
         // The driver queues its first statistics buffer and notifies before it sets
-        // DRIVER_OK, when the transport still drops notifications: pick up whatever is
-        // already waiting.
+        // DRIVER_OK; the transport replays that notification, but a device must not rely
+        // on its transport doing so: pick up whatever is already waiting.
         for role in QueueRole::ALL {
             if self
                 .running
