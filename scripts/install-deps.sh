@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what building and testing the vmm needs beyond the Rust toolchain, from Debian's
+# packages (as root). Idempotent: installs only what is missing, and refreshes the package
+# lists only when they are missing or a day old (scripts/guest-kernel.sh resolves the
+# current guest kernel from them).
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+
+PACKAGES=(
+    qemu-system-x86 # L1 for nested runs; the KVM probe
+    busybox-static  # the guest's and L1's userland
+    cpio gzip       # packing initramfs images
+    gcc libc6-dev   # static guest helpers (resources/guest/*.c)
+    binutils        # readelf, objcopy (static checks, stripping test binaries)
+    jq              # reading cargo's JSON messages
+    xz-utils zstd   # compressed kernel modules, should a kernel ship them
+    curl socat      # talking to the API socket by hand and in tests
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
+        missing+=("$pkg")
+done
+
+lists_fresh() {
+    find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -1440 2>/dev/null | grep -q .
+}
+
+if [[ $(id -u) -ne 0 ]]; then
+    ((${#missing[@]} == 0)) || die "run as root to install: ${missing[*]}"
+    lists_fresh || log "the package lists are over a day old; apt-get update needs root"
+else
+    export DEBIAN_FRONTEND=noninteractive
+    if ((${#missing[@]})) || ! lists_fresh; then
+        log "apt-get update"
+        apt-get update -q >/dev/null
+    fi
+    if ((${#missing[@]})); then
+        log "installing: ${missing[*]}"
+        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+fi
+log "all packages present"

@@ -1,0 +1,93 @@
+//! Command line errors: bad input must end the vmm at once with one line on stderr and a
+//! non-zero status. None of these needs KVM or a guest kernel.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{run_vmm, CLI_TIMEOUT};
+
+/// A file that exists but is no kernel, removed when dropped.
+struct JunkFile(PathBuf);
+
+impl JunkFile {
+    fn new() -> JunkFile {
+        let path = std::env::temp_dir().join(format!("vmm-cli-{}.bin", common::unique_token()));
+        std::fs::write(&path, b"this is not a bzImage\n".repeat(512)).expect("cannot write junk");
+        JunkFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("temp path is UTF-8")
+    }
+}
+
+impl Drop for JunkFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Runs the vmm expecting it to refuse; returns its one stderr line.
+fn refused(args: &[&str]) -> String {
+    let out = run_vmm(args, CLI_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "`vmm {}` succeeded; stderr: {stderr:?}",
+        args.join(" ")
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "`vmm {}` should explain itself in one line, wrote: {stderr:?}",
+        args.join(" ")
+    );
+    lines[0].to_string()
+}
+
+#[test]
+fn missing_kernel_file_is_refused() {
+    let path = std::env::temp_dir().join(format!("vmm-cli-missing-{}", common::unique_token()));
+    let path = path.to_str().expect("temp path is UTF-8");
+    let line = refused(&["--kernel", path]);
+    assert!(
+        line.contains(path),
+        "the error should name {path}: {line:?}"
+    );
+}
+
+#[test]
+fn kernel_that_is_not_a_bzimage_is_refused() {
+    let junk = JunkFile::new();
+    let line = refused(&["--kernel", junk.path(), "--mem", "256M"]);
+    assert!(
+        line.contains(junk.path()),
+        "the error should name {}: {line:?}",
+        junk.path()
+    );
+}
+
+#[test]
+fn zero_cpus_are_refused() {
+    // Arguments are checked before the kernel is read, so the junk kernel is never reached.
+    let junk = JunkFile::new();
+    let line = refused(&["--kernel", junk.path(), "--cpus", "0"]);
+    assert!(
+        line.to_lowercase().contains("cpu"),
+        "the error should be about --cpus: {line:?}"
+    );
+}
+
+#[test]
+fn malformed_mem_sizes_are_refused() {
+    let junk = JunkFile::new();
+    for bad in ["lots", "12XB", "0"] {
+        let line = refused(&["--kernel", junk.path(), "--mem", bad]);
+        assert!(
+            line.contains(bad) || line.to_lowercase().contains("mem"),
+            "the error for --mem {bad} should name the value or the flag: {line:?}"
+        );
+    }
+}

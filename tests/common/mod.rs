@@ -1,0 +1,642 @@
+//! Shared by the integration tests: runs the `vmm` binary, boots guests with it and talks to
+//! the guest's shell over the serial console.
+//!
+//! The guest is the Debian kernel with the initramfs built by `scripts/guest-initramfs.sh`:
+//! its `/init` (resources/guest/init) prints [`READY_MARKER`] and then serves a shell on the
+//! console without echo, so every line written to the VMM's stdin is a shell command and
+//! the console carries back only output. `scripts/test.sh` provides the environment:
+//!
+//! - `VMM_GUEST_KERNEL`, `VMM_GUEST_INITRD`: the guest kernel and initramfs (required).
+//! - `VMM_BIN`: the vmm binary (default: the one cargo built for this test).
+//! - `VMM_TEST_TIMEOUT_SCALE`: multiplies every timeout (default 1).
+//! - `VMM_TEST_CONSOLE=1`: copy the guest console to stderr as it arrives.
+//!
+//! Timeouts here only bound how long a test waits for something that should happen; they
+//! are generous enough for a guest under nested virtualisation and say nothing about speed.
+#![allow(dead_code)] // Each test crate uses its own part of this module.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Printed by the guest's /init once it is ready for commands.
+pub const READY_MARKER: &str = "VMMTEST-READY";
+
+/// How long a guest may take to reach [`READY_MARKER`].
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long one shell command may take.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the VMM may take to exit once the guest powered off or rebooted.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a VMM invocation that should fail at once may take.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Console lines shown when something goes wrong.
+const DIAGNOSTIC_LINES: usize = 40;
+
+/// `base` stretched by `VMM_TEST_TIMEOUT_SCALE`.
+pub fn scaled(base: Duration) -> Duration {
+    let scale = std::env::var("VMM_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .unwrap_or(1.0);
+    base.mul_f64(scale)
+}
+
+/// The vmm binary under test: `VMM_BIN`, else the one cargo built alongside this test.
+pub fn vmm_bin() -> PathBuf {
+    match std::env::var_os("VMM_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_vmm")),
+    }
+}
+
+fn required_file(var: &str) -> PathBuf {
+    let Some(path) = std::env::var_os(var) else {
+        panic!(
+            "{var} is not set: boot tests need a guest kernel and initramfs; \
+             run them through scripts/test.sh (see docs/testing.md)"
+        );
+    };
+    let path = PathBuf::from(path);
+    assert!(
+        path.is_file(),
+        "{var}={} is not a file (build it with scripts/guest-kernel.sh and scripts/guest-initramfs.sh)",
+        path.display()
+    );
+    path
+}
+
+/// The guest kernel (bzImage) from `VMM_GUEST_KERNEL`; panics if it is not set.
+pub fn guest_kernel() -> PathBuf {
+    required_file("VMM_GUEST_KERNEL")
+}
+
+/// The guest initramfs from `VMM_GUEST_INITRD`; panics if it is not set.
+pub fn guest_initrd() -> PathBuf {
+    required_file("VMM_GUEST_INITRD")
+}
+
+/// A string unique to this call within the test run, for markers and file names.
+pub fn unique_token() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:x}{:x}{:x}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs the vmm binary with `args` and no input, for invocations that should end by
+/// themselves; kills it and panics if it is still running after `timeout`.
+pub fn run_vmm(args: &[&str], timeout: Duration) -> Output {
+    let mut child = Command::new(vmm_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", vmm_bin().display()));
+    let stdout = spawn_collector(child.stdout.take());
+    let stderr = spawn_collector(child.stderr.take());
+    let status = wait_child(&mut child, scaled(timeout));
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "`vmm {}` was still running after {:?}; stderr so far:\n{}",
+            args.join(" "),
+            scaled(timeout),
+            String::from_utf8_lossy(&stderr.join().unwrap_or_default())
+        );
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+fn spawn_collector<R: Read + Send + 'static>(source: Option<R>) -> JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut source) = source {
+            let _ = source.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
+/// Waits up to `timeout` for the child to exit.
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            Ok(None) => return None,
+            Err(e) => panic!("cannot wait for the vmm process: {e}"),
+        }
+    }
+}
+
+/// Bytes a process wrote, collected by a reader thread; `closed` once the pipe reached EOF.
+#[derive(Default)]
+struct Stream {
+    bytes: Vec<u8>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct SharedStream {
+    state: Mutex<Stream>,
+    grew: Condvar,
+}
+
+impl SharedStream {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stream> {
+        // A reader thread never panics while holding the lock; recover the data anyway.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spawn_reader<R: Read + Send + 'static>(
+        self: &Arc<Self>,
+        mut source: R,
+        echo_to_stderr: bool,
+    ) -> JoinHandle<()> {
+        let shared = Arc::clone(self);
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = match source.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if echo_to_stderr {
+                    let _ = std::io::stderr().write_all(&buf[..n]);
+                }
+                shared.lock().bytes.extend_from_slice(&buf[..n]);
+                shared.grew.notify_all();
+            }
+            shared.lock().closed = true;
+            shared.grew.notify_all();
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.lock().bytes).replace('\r', "")
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(from);
+    }
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p + from)
+}
+
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
+/// The output and exit status of a command run in the guest's shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// What the command wrote to stdout and stderr, without carriage returns.
+    pub output: String,
+    pub status: i32,
+}
+
+/// How to start a guest; every option maps to one `vmm` flag.
+#[derive(Debug, Clone)]
+pub struct GuestVmBuilder {
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    use_initrd: bool,
+    cmdline: Vec<String>,
+    mem: Option<String>,
+    cpus: Option<u32>,
+    balloon: Option<String>,
+    api_sock: bool,
+    extra_args: Vec<String>,
+}
+
+impl GuestVmBuilder {
+    /// Overrides the kernel (default: `VMM_GUEST_KERNEL`).
+    pub fn kernel(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kernel = Some(path.into());
+        self
+    }
+
+    /// Overrides the initramfs (default: `VMM_GUEST_INITRD`).
+    pub fn initrd(mut self, path: impl Into<PathBuf>) -> Self {
+        self.initrd = Some(path.into());
+        self.use_initrd = true;
+        self
+    }
+
+    /// Boots without `--initrd`.
+    pub fn no_initrd(mut self) -> Self {
+        self.use_initrd = false;
+        self
+    }
+
+    /// Appends kernel command line arguments (`--cmdline`); calls accumulate.
+    pub fn cmdline(mut self, args: &str) -> Self {
+        self.cmdline.push(args.to_string());
+        self
+    }
+
+    /// `--mem`, e.g. "1G".
+    pub fn mem(mut self, size: &str) -> Self {
+        self.mem = Some(size.to_string());
+        self
+    }
+
+    /// `--cpus`.
+    pub fn cpus(mut self, count: u32) -> Self {
+        self.cpus = Some(count);
+        self
+    }
+
+    /// `--balloon`, e.g. "stats,page-reporting".
+    pub fn balloon(mut self, items: &str) -> Self {
+        self.balloon = Some(items.to_string());
+        self
+    }
+
+    /// Gives the VMM an API socket in a fresh temporary path (see [`GuestVm::api_sock`]).
+    pub fn api_sock(mut self) -> Self {
+        self.api_sock = true;
+        self
+    }
+
+    /// Any further arguments, passed as they are.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.extra_args.push(arg.to_string());
+        self
+    }
+
+    /// Starts the VMM without waiting for the guest.
+    pub fn spawn(self) -> GuestVm {
+        let kernel = self.kernel.unwrap_or_else(guest_kernel);
+        let mut args: Vec<String> = vec!["--kernel".into(), path_arg(&kernel)];
+        if self.use_initrd {
+            let initrd = self.initrd.unwrap_or_else(guest_initrd);
+            args.extend(["--initrd".into(), path_arg(&initrd)]);
+        }
+        if !self.cmdline.is_empty() {
+            args.extend(["--cmdline".into(), self.cmdline.join(" ")]);
+        }
+        if let Some(mem) = self.mem {
+            args.extend(["--mem".into(), mem]);
+        }
+        if let Some(cpus) = self.cpus {
+            args.extend(["--cpus".into(), cpus.to_string()]);
+        }
+        if let Some(balloon) = self.balloon {
+            args.extend(["--balloon".into(), balloon]);
+        }
+        let api_sock = self
+            .api_sock
+            .then(|| std::env::temp_dir().join(format!("vmm-test-{}.sock", unique_token())));
+        if let Some(sock) = &api_sock {
+            args.extend(["--api-sock".into(), path_arg(sock)]);
+        }
+        args.extend(self.extra_args);
+        GuestVm::start(args, api_sock)
+    }
+
+    /// Starts the VMM and waits until the guest's shell is ready for commands.
+    pub fn boot(self) -> GuestVm {
+        let mut vm = self.spawn();
+        vm.wait_for(READY_MARKER, BOOT_TIMEOUT);
+        vm
+    }
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_str()
+        .unwrap_or_else(|| panic!("path {} is not UTF-8", path.display()))
+        .to_string()
+}
+
+/// A running `vmm` process with a guest whose console the test reads and writes.
+///
+/// Dropping it kills the VMM. If the test is failing at that point, the last console lines
+/// and the VMM's stderr are printed, so every failure shows what the guest was doing.
+pub struct GuestVm {
+    child: Child,
+    args: Vec<String>,
+    stdin: Option<ChildStdin>,
+    console: Arc<SharedStream>,
+    stderr: Arc<SharedStream>,
+    readers: Vec<JoinHandle<()>>,
+    /// Console bytes before this offset were consumed by `wait_for`.
+    cursor: usize,
+    next_command: u64,
+    api_sock: Option<PathBuf>,
+    exit_status: Option<ExitStatus>,
+    diagnostics_shown: bool,
+}
+
+impl GuestVm {
+    pub fn builder() -> GuestVmBuilder {
+        GuestVmBuilder {
+            kernel: None,
+            initrd: None,
+            use_initrd: true,
+            cmdline: Vec::new(),
+            mem: None,
+            cpus: None,
+            balloon: None,
+            api_sock: false,
+            extra_args: Vec::new(),
+        }
+    }
+
+    fn start(args: Vec<String>, api_sock: Option<PathBuf>) -> GuestVm {
+        let bin = vmm_bin();
+        let mut child = Command::new(&bin)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let echo = std::env::var("VMM_TEST_CONSOLE").is_ok_and(|v| v == "1");
+        let console = Arc::new(SharedStream::default());
+        let stderr = Arc::new(SharedStream::default());
+        let mut readers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            readers.push(console.spawn_reader(out, echo));
+        }
+        if let Some(err) = child.stderr.take() {
+            readers.push(stderr.spawn_reader(err, echo));
+        }
+        GuestVm {
+            stdin: child.stdin.take(),
+            child,
+            args,
+            console,
+            stderr,
+            readers,
+            cursor: 0,
+            next_command: 0,
+            api_sock,
+            exit_status: None,
+            diagnostics_shown: false,
+        }
+    }
+
+    /// The VMM's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The API socket path, if the builder asked for one.
+    pub fn api_sock(&self) -> &Path {
+        self.api_sock
+            .as_deref()
+            .expect("this guest was started without .api_sock()")
+    }
+
+    /// Everything the guest wrote to the console so far, without carriage returns.
+    pub fn console(&self) -> String {
+        self.console.text()
+    }
+
+    /// What the VMM wrote to stderr so far.
+    pub fn vmm_stderr(&self) -> String {
+        self.stderr.text()
+    }
+
+    /// The last console lines, the VMM's stderr and how it ended, for failure messages.
+    pub fn diagnostics(&mut self) -> String {
+        let status = match self
+            .exit_status
+            .or_else(|| self.child.try_wait().ok().flatten())
+        {
+            Some(status) => format!("exited with {status}"),
+            None => "still running".to_string(),
+        };
+        format!(
+            "--- vmm {} ({status})\n--- last {DIAGNOSTIC_LINES} console lines:\n{}\n--- vmm stderr:\n{}\n---",
+            self.args.join(" "),
+            last_lines(&self.console(), DIAGNOSTIC_LINES),
+            self.vmm_stderr().trim_end()
+        )
+    }
+
+    /// Panics with `message` and the diagnostics.
+    pub fn fail(&mut self, message: &str) -> ! {
+        let diagnostics = self.diagnostics();
+        self.diagnostics_shown = true;
+        panic!("{message}\n{diagnostics}");
+    }
+
+    /// Waits until `text` appears on the console after what earlier waits consumed, and
+    /// returns the console text up to and including it. Fails early if the VMM exits.
+    pub fn wait_for(&mut self, text: &str, timeout: Duration) -> String {
+        let timeout = scaled(timeout);
+        let deadline = Instant::now() + timeout;
+        let needle = text.as_bytes();
+        let console = Arc::clone(&self.console);
+        let mut stream = console.lock();
+        let mut scanned = self.cursor;
+        loop {
+            if let Some(at) = find(&stream.bytes, needle, scanned) {
+                let end = at + needle.len();
+                let consumed = String::from_utf8_lossy(&stream.bytes[self.cursor..end]);
+                let consumed = consumed.replace('\r', "");
+                self.cursor = end;
+                return consumed;
+            }
+            // Only the last needle.len() - 1 bytes can start a match that more output completes.
+            scanned = stream.bytes.len().saturating_sub(needle.len()).max(scanned);
+            if stream.closed {
+                drop(stream);
+                self.reap(scaled(EXIT_TIMEOUT));
+                self.fail(&format!(
+                    "the console closed before {text:?} appeared (the vmm exited)"
+                ));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(stream);
+                self.fail(&format!("{text:?} did not appear within {timeout:?}"));
+            }
+            stream = console
+                .grew
+                .wait_timeout(stream, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Writes one line to the guest's console input.
+    pub fn send_line(&mut self, line: &str) {
+        let Some(stdin) = self.stdin.as_mut() else {
+            self.fail("the vmm's stdin is already closed");
+        };
+        let written = stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush());
+        if let Err(e) = written {
+            self.fail(&format!("cannot write {line:?} to the vmm's stdin: {e}"));
+        }
+    }
+
+    /// Runs a shell command in the guest and returns its output and exit status.
+    pub fn run(&mut self, command: &str) -> CommandOutput {
+        self.run_with_timeout(command, COMMAND_TIMEOUT)
+    }
+
+    /// Runs a shell command and returns its output, failing the test if it exits non-zero.
+    pub fn run_ok(&mut self, command: &str) -> String {
+        let result = self.run(command);
+        if result.status != 0 {
+            self.fail(&format!(
+                "guest command {command:?} exited with {}; its output:\n{}",
+                result.status, result.output
+            ));
+        }
+        result.output
+    }
+
+    /// [`GuestVm::run`] with its own timeout, for commands known to take long.
+    pub fn run_with_timeout(&mut self, command: &str, timeout: Duration) -> CommandOutput {
+        // The shell reads whole lines from a terminal in canonical mode, which holds at
+        // most 4095 characters.
+        assert!(
+            command.len() < 3000,
+            "guest commands are limited to 3000 bytes"
+        );
+        self.next_command += 1;
+        let id = self.next_command;
+        // The markers are assembled by printf, so the command line itself (should the
+        // terminal ever echo it) never contains them. The command's stdin is /dev/null so it
+        // cannot swallow the lines that follow; the newline before `}` lets the command end
+        // in `&`.
+        let begin = format!("@vmmtest-begin@{id}@");
+        let end = format!("@vmmtest-end@{id}@");
+        self.send_line(&format!(
+            "printf '\\n@%s@%s@\\n' vmmtest-begin {id}; {{ {command}\n}} </dev/null 2>&1; \
+             printf '\\n@%s@%s@%s@\\n' vmmtest-end {id} \"$?\""
+        ));
+        self.wait_for(&begin, timeout);
+        let rest = self.wait_for(&end, timeout);
+        let status_text = self.wait_for("@", timeout);
+        let status = match status_text.trim_end_matches('@').parse::<i32>() {
+            Ok(status) => status,
+            Err(_) => self.fail(&format!(
+                "cannot read the exit status of {command:?} from {status_text:?}"
+            )),
+        };
+        // `rest` is: the end of the begin line, the output, the newline printed before the
+        // end marker, and the marker.
+        let output = rest
+            .strip_prefix('\n')
+            .unwrap_or(&rest)
+            .strip_suffix(&end)
+            .unwrap_or(&rest);
+        let output = output.strip_suffix('\n').unwrap_or(output).to_string();
+        CommandOutput { output, status }
+    }
+
+    /// A `/proc/meminfo` field of the guest, in KiB.
+    pub fn meminfo_kib(&mut self, field: &str) -> u64 {
+        let line = self.run_ok(&format!("grep '^{field}:' /proc/meminfo"));
+        let value = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok());
+        match value {
+            Some(kib) => kib,
+            None => self.fail(&format!("cannot read {field} from meminfo line {line:?}")),
+        }
+    }
+
+    /// The resident set size of the VMM process, in bytes.
+    pub fn rss_bytes(&mut self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = match std::fs::read_to_string(&path) {
+            Ok(status) => status,
+            Err(e) => self.fail(&format!("cannot read {path}: {e}")),
+        };
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        match kib {
+            Some(kib) => kib * 1024,
+            None => self.fail(&format!("no VmRSS line in {path}")),
+        }
+    }
+
+    /// Runs `vmm ctl --api-sock <this guest's socket> ARGS` and returns its output.
+    pub fn ctl(&mut self, args: &[&str]) -> Output {
+        let sock = path_arg(self.api_sock());
+        let mut full = vec!["ctl", "--api-sock", sock.as_str()];
+        full.extend_from_slice(args);
+        run_vmm(&full, COMMAND_TIMEOUT)
+    }
+
+    fn reap(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exit_status.is_none() {
+            self.exit_status = wait_child(&mut self.child, timeout);
+        }
+        self.exit_status
+    }
+
+    /// Waits for the VMM to exit (after the guest powered off, say) and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let timeout = scaled(timeout);
+        match self.reap(timeout) {
+            Some(status) => {
+                // The output is complete once the readers saw the pipes close.
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
+                status
+            }
+            None => self.fail(&format!("the vmm did not exit within {timeout:?}")),
+        }
+    }
+
+    /// Asks the guest to power off (`poweroff -f`) and returns the VMM's exit status.
+    pub fn poweroff(&mut self) -> ExitStatus {
+        self.send_line("poweroff -f");
+        self.wait_exit(EXIT_TIMEOUT)
+    }
+}
+
+impl Drop for GuestVm {
+    fn drop(&mut self) {
+        if self.exit_status.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if thread::panicking() && !self.diagnostics_shown {
+            eprintln!("{}", self.diagnostics());
+        }
+        if let Some(sock) = &self.api_sock {
+            let _ = std::fs::remove_file(sock);
+        }
+    }
+}
