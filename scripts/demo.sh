@@ -3,7 +3,8 @@
 #
 #   scripts/demo.sh [VMM-ARGS...]     e.g. scripts/demo.sh --mem 2G --balloon stats
 #
-# Builds the vmm, the guest kernel and initramfs, then runs
+# Installs the Debian packages it needs if they are missing (scripts/install-deps.sh, as
+# root), builds the vmm, the guest kernel and initramfs, then runs
 #   vmm --kernel ... --initrd ... --mem 1G --cpus 2 --cmdline vmmtest.echo=1 [VMM-ARGS...]
 # (--mem, --cpus and --cmdline given here replace or extend those)
 # directly where KVM works, or inside a nested KVM host (L1, under QEMU's TCG) where it
@@ -34,6 +35,7 @@ boot_args() {
 main() {
     local args
     mapfile -t args < <(boot_args "$@")
+    bash "$REPO/scripts/install-deps.sh"
     need_cmds cargo
     "$REPO/scripts/guest-kernel.sh"
     "$REPO/scripts/guest-initramfs.sh"

@@ -4,7 +4,8 @@
 #   scripts/test.sh            format, lints, unit and integration tests, then boot tests
 #   scripts/test.sh --no-boot  the same without booting guests
 #
-# Installs nothing (scripts/install-deps.sh does); says what is missing instead. Every stage
+# First makes sure the Debian packages it needs are there (scripts/install-deps.sh, which
+# installs what is missing when run as root and only checks otherwise). Every stage
 # runs even if an earlier one failed, so one run shows every problem; the exit status is
 # non-zero if any stage failed. Boot tests run directly where KVM works and inside a nested
 # KVM host where it does not (scripts/boot-tests.sh, docs/testing.md).
@@ -87,6 +88,7 @@ unit_tests() {
 
 main() {
     cd "$REPO" || exit 1
+    bash "$REPO/scripts/install-deps.sh" || exit 1
     check_prerequisites
     local started=$SECONDS logs
     LOGS=$(mktemp -d)

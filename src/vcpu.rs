@@ -82,7 +82,7 @@ pub struct VcpuShared {
 }
 
 impl VcpuShared {
-    /// Asks the vCPU to report its halt state the next time it leaves `KVM_RUN`.
+    /// Asks the vCPU to report its halt state the next time a kick interrupts `KVM_RUN`.
     pub fn request_halt_probe(&self) {
         self.halt_state
             .store(HaltState::Unknown as u8, Ordering::SeqCst);
@@ -236,6 +236,14 @@ impl Vcpu {
             let outcome = match self.fd.run() {
                 Ok(exit) => handle_exit(self.index, exit, &self.io_bus, &self.mmio_bus),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // Only here is the vCPU's state consistent: after an I/O or MMIO
+                    // exit, KVM finishes the instruction on the next KVM_RUN, and
+                    // reading registers in between disturbs the instruction emulator
+                    // (seen as random guest crashes). A probe request that arrives
+                    // during an exit waits for the next kick.
+                    if self.shared.halt_probe.swap(false, Ordering::SeqCst) {
+                        self.answer_halt_probe();
+                    }
                     ExitOutcome::Continue
                 }
                 Err(e) => ExitOutcome::Stop(StopReason::Error(format!(
@@ -243,9 +251,6 @@ impl Vcpu {
                     self.index
                 ))),
             };
-            if self.shared.halt_probe.swap(false, Ordering::SeqCst) {
-                self.answer_halt_probe();
-            }
             if let ExitOutcome::Stop(reason) = outcome {
                 self.lifecycle.request_stop(reason);
             }

@@ -15,6 +15,8 @@
 //! are generous enough for a guest under nested virtualisation and say nothing about speed.
 #![allow(dead_code)] // Each test crate uses its own part of this module.
 
+pub mod http;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};

@@ -173,14 +173,14 @@ const MSR_LSTAR: u32 = 0xc000_0082;
 const MSR_CSTAR: u32 = 0xc000_0083;
 const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
 /// MTRRs enabled, default type write-back: all RAM is cacheable as a BIOS would leave it.
 const MTRR_ENABLE_WRITEBACK: u64 = (1 << 11) | 6;
 
-/// The MSRs a firmware would leave initialised.
+/// The MSRs a firmware would leave initialised. The TSC is left alone: KVM starts every
+/// vCPU's TSC in step, and writing it per vCPU would make them drift apart.
 pub fn boot_msrs() -> Result<Msrs, RegsError> {
     let entry = |index, data| kvm_msr_entry {
         index,
@@ -196,7 +196,6 @@ pub fn boot_msrs() -> Result<Msrs, RegsError> {
         entry(MSR_KERNEL_GS_BASE, 0),
         entry(MSR_SYSCALL_MASK, 0),
         entry(MSR_LSTAR, 0),
-        entry(MSR_IA32_TSC, 0),
         entry(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
         entry(MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WRITEBACK),
     ])
@@ -292,7 +291,7 @@ mod tests {
         assert_eq!(regs.rip, 0x10_0200);
         assert_eq!(regs.rsi, layout::ZERO_PAGE_START.raw_value());
         assert_eq!(regs.rflags & (1 << 9), 0, "interrupts must start disabled");
-        assert_eq!(boot_msrs().unwrap().as_slice().len(), 11);
+        assert_eq!(boot_msrs().unwrap().as_slice().len(), 10);
     }
 
     #[test]
