@@ -66,6 +66,9 @@ run_nested() {
         echo "#!/bin/sh"
         echo "export VMM_BIN=/payload/vmm VMM_GUEST_KERNEL=/payload/vmlinuz"
         echo "export VMM_GUEST_INITRD=/payload/initramfs.cpio.gz RUST_BACKTRACE=${RUST_BACKTRACE:-1}"
+        # Nested guests now and then crash or stall in early boot whatever the VMM
+        # (tests/common/mod.rs, GuestVmBuilder::boot); let each boot try again.
+        echo "export VMM_TEST_BOOT_ATTEMPTS=${VMM_TEST_BOOT_ATTEMPTS:-3}"
         local var
         for var in "${FORWARDED_VARS[@]}"; do
             [[ -n ${!var:-} && $var != RUST_BACKTRACE ]] && echo "export $var=$(sh_quote "${!var}")"

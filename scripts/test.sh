@@ -115,6 +115,9 @@ main() {
     if ((boot)) && ! grep -qE '^boot tests: [0-9]+ passed' "$logs/boot"; then
         echo "  the boot tests did not report their counts"
     fi
+    if ((boot)); then
+        echo "boot attempts retried: $(grep -ac '^boot attempt [0-9]* of [0-9]* failed' "$logs/boot")"
+    fi
     echo "tests: $PASSED passed, $FAILED failed"
     ((FAILED_STAGES == 0))
 }

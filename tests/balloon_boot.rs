@@ -95,7 +95,8 @@ fn rss_of(pid: u32) -> u64 {
 fn start_memcheck(vm: &mut GuestVm, mib: u64) {
     vm.run_ok(&format!("memcheck fill {mib} >/tmp/memcheck.log 2>&1 &"));
     let filled = vm.run_with_timeout(
-        "for i in $(seq 600); do grep -q FILLED /tmp/memcheck.log && exit 0; sleep 1; done; cat /tmp/memcheck.log; exit 1",
+        // A subshell: `exit` in the command itself would end the guest's shell.
+        "(for i in $(seq 600); do grep -q FILLED /tmp/memcheck.log && exit 0; sleep 1; done; cat /tmp/memcheck.log; exit 1)",
         scaled(Duration::from_secs(700)),
     );
     assert_eq!(

@@ -40,6 +40,15 @@ pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 /// Console lines shown when something goes wrong.
 const DIAGNOSTIC_LINES: usize = 40;
 
+/// How many times [`GuestVmBuilder::boot`] may try to reach the ready marker.
+pub fn boot_attempts() -> u32 {
+    std::env::var("VMM_TEST_BOOT_ATTEMPTS")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(1)
+}
+
 /// `base` stretched by `VMM_TEST_TIMEOUT_SCALE`.
 pub fn scaled(base: Duration) -> Duration {
     let scale = std::env::var("VMM_TEST_TIMEOUT_SCALE")
@@ -325,7 +334,29 @@ impl GuestVmBuilder {
     }
 
     /// Starts the VMM and waits until the guest's shell is ready for commands.
+    ///
+    /// Under nested KVM (L1 emulated by QEMU's TCG on a loaded host) a guest now and then
+    /// crashes or stalls during early boot whichever VMM runs it (QEMU included, even
+    /// QEMU's own TCG as L2). `VMM_TEST_BOOT_ATTEMPTS` (set by the nested runner; default
+    /// 1) allows that many attempts to reach the ready marker; each failed attempt is
+    /// reported in full on stderr. Nothing after the ready marker is ever retried, and a
+    /// VMM that cannot boot fails every attempt.
     pub fn boot(self) -> GuestVm {
+        let attempts = boot_attempts();
+        for attempt in 1..attempts {
+            let mut vm = self.clone().spawn();
+            match vm.try_wait_for(READY_MARKER, BOOT_TIMEOUT) {
+                Ok(_) => return vm,
+                Err(reason) => {
+                    let diagnostics = vm.diagnostics();
+                    vm.diagnostics_shown = true;
+                    eprintln!(
+                        "boot attempt {attempt} of {attempts} failed: {reason}\n{diagnostics}\n\
+                         retrying the boot (VMM_TEST_BOOT_ATTEMPTS={attempts})"
+                    );
+                }
+            }
+        }
         let mut vm = self.spawn();
         vm.wait_for(READY_MARKER, BOOT_TIMEOUT);
         vm
@@ -455,6 +486,14 @@ impl GuestVm {
     /// Waits until `text` appears on the console after what earlier waits consumed, and
     /// returns the console text up to and including it. Fails early if the VMM exits.
     pub fn wait_for(&mut self, text: &str, timeout: Duration) -> String {
+        match self.try_wait_for(text, timeout) {
+            Ok(consumed) => consumed,
+            Err(reason) => self.fail(&reason),
+        }
+    }
+
+    /// [`GuestVm::wait_for`] that returns why it gave up instead of failing the test.
+    pub fn try_wait_for(&mut self, text: &str, timeout: Duration) -> Result<String, String> {
         let timeout = scaled(timeout);
         let deadline = Instant::now() + timeout;
         let needle = text.as_bytes();
@@ -467,21 +506,21 @@ impl GuestVm {
                 let consumed = String::from_utf8_lossy(&stream.bytes[self.cursor..end]);
                 let consumed = consumed.replace('\r', "");
                 self.cursor = end;
-                return consumed;
+                return Ok(consumed);
             }
             // Only the last needle.len() - 1 bytes can start a match that more output completes.
             scanned = stream.bytes.len().saturating_sub(needle.len()).max(scanned);
             if stream.closed {
                 drop(stream);
                 self.reap(scaled(EXIT_TIMEOUT));
-                self.fail(&format!(
+                return Err(format!(
                     "the console closed before {text:?} appeared (the vmm exited)"
                 ));
             }
             let now = Instant::now();
             if now >= deadline {
                 drop(stream);
-                self.fail(&format!("{text:?} did not appear within {timeout:?}"));
+                return Err(format!("{text:?} did not appear within {timeout:?}"));
             }
             stream = console
                 .grew
