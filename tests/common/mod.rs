@@ -10,6 +10,9 @@
 //! - `VMM_BIN`: the vmm binary (default: the one cargo built for this test).
 //! - `VMM_TEST_TIMEOUT_SCALE`: multiplies every timeout (default 1).
 //! - `VMM_TEST_CONSOLE=1`: copy the guest console to stderr as it arrives.
+//! - `VMM_TEST_GUEST_CMDLINE`: added to every guest's kernel command line (the nested
+//!   runner sets `clearcpuid=xsave`, see docs/testing.md).
+//! - `VMM_TEST_BOOT_ATTEMPTS`: attempts a boot may take to reach the ready marker.
 //!
 //! Timeouts here only bound how long a test waits for something that should happen; they
 //! are generous enough for a guest under nested virtualisation and say nothing about speed.
@@ -311,8 +314,12 @@ impl GuestVmBuilder {
             let initrd = self.initrd.unwrap_or_else(guest_initrd);
             args.extend(["--initrd".into(), path_arg(&initrd)]);
         }
-        if !self.cmdline.is_empty() {
-            args.extend(["--cmdline".into(), self.cmdline.join(" ")]);
+        let mut cmdline = self.cmdline;
+        if let Ok(extra) = std::env::var("VMM_TEST_GUEST_CMDLINE") {
+            cmdline.push(extra);
+        }
+        if !cmdline.is_empty() {
+            args.extend(["--cmdline".into(), cmdline.join(" ")]);
         }
         if let Some(mem) = self.mem {
             args.extend(["--mem".into(), mem]);
@@ -336,9 +343,9 @@ impl GuestVmBuilder {
     /// Starts the VMM and waits until the guest's shell is ready for commands.
     ///
     /// Under nested KVM (L1 emulated by QEMU's TCG on a loaded host) a guest now and then
-    /// crashes or stalls during early boot whichever VMM runs it (QEMU included, even
-    /// QEMU's own TCG as L2). `VMM_TEST_BOOT_ATTEMPTS` (set by the nested runner; default
-    /// 1) allows that many attempts to reach the ready marker; each failed attempt is
+    /// crashes or stalls during early boot (docs/testing.md, "Flaky early boots").
+    /// `VMM_TEST_BOOT_ATTEMPTS`, which the nested runner sets (default: one attempt),
+    /// allows that many attempts to reach the ready marker; each failed attempt is
     /// reported in full on stderr. Nothing after the ready marker is ever retried, and a
     /// VMM that cannot boot fails every attempt.
     pub fn boot(self) -> GuestVm {
