@@ -69,6 +69,9 @@ run_nested() {
         # Nested guests now and then crash or stall in early boot whatever the VMM
         # (tests/common/mod.rs, GuestVmBuilder::boot); let each boot try again.
         echo "export VMM_TEST_BOOT_ATTEMPTS=${VMM_TEST_BOOT_ATTEMPTS:-3}"
+        # ... and stall later too (an L1 soft lockup, a guest that stops mid-output), so a
+        # failed test runs again on its own; every run is logged and counted.
+        echo "export VMM_TEST_ATTEMPTS=${VMM_TEST_ATTEMPTS:-3}"
         # QEMU's TCG does not let L1's KVM intercept an L2 XSETBV, so a guest's XCR0 and
         # KVM's idea of it part ways and AVX state is clobbered on exits (docs/testing.md).
         echo "export VMM_TEST_GUEST_CMDLINE=$(sh_quote "${VMM_TEST_GUEST_CMDLINE:-clearcpuid=xsave}")"

@@ -117,6 +117,7 @@ main() {
     fi
     if ((boot)); then
         echo "boot attempts retried: $(grep -ac '^boot attempt [0-9]* of [0-9]* failed' "$logs/boot")"
+        echo "boot tests that passed only on a retry: $(sed -n 's/^passed only on a retry: //p' "$logs/boot" | tail -n1 | grep . || echo 0)"
     fi
     echo "tests: $PASSED passed, $FAILED failed"
     ((FAILED_STAGES == 0))

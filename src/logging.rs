@@ -1,4 +1,4 @@
-//! Warnings a guest can provoke at will. Each call site of [`warn_once!`] prints at most
+//! Warnings a guest can provoke at will. Each call site of [`warn_once!`](crate::warn_once) prints at most
 //! once for the life of the process, so a hostile or broken guest cannot flood stderr.
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -17,7 +17,7 @@ use virtio_queue::Queue;
 use vm_memory::{Address, Bytes};
 
 use super::chains::{give_back, take_available};
-use super::ranges::{discard_in_ram, whole_pages, DiscardOutcome};
+use super::ranges::{discard_free_range, whole_pages, DiscardOutcome};
 use super::warnings::{Warning, Warnings};
 use super::{HintingStatus, FREE_PAGE_HINT_CMD_ID_DONE, FREE_PAGE_HINT_CMD_ID_STOP};
 use crate::memory::GuestMemoryMmap;
@@ -169,17 +169,12 @@ pub(super) fn process_hinting(
             };
             outcome.hinted += pages_len;
             if state.may_discard() {
-                let result = discard_in_ram(mem, start, pages_len);
-                if let Some(at) = result.first_outside {
-                    warnings.warn(
-                        Warning::BufferOutsideRam,
-                        format_args!("hinted range {addr:#x}+{len:#x} reaches {at:#x}"),
-                    );
-                }
-                if let Some(e) = &result.first_error {
-                    warnings.warn(Warning::DiscardFailed, e);
-                }
-                outcome.discard.absorb(result);
+                outcome.discard.absorb(discard_free_range(
+                    mem,
+                    (start, pages_len),
+                    ("hinted", addr, len),
+                    warnings,
+                ));
             }
         }
     }

@@ -6,6 +6,7 @@
 
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use super::warnings::{Warning, Warnings};
 use super::BALLOON_PAGE_SIZE;
 use crate::memory::{discard_range, DiscardError, GuestMemoryMmap};
 
@@ -128,6 +129,28 @@ pub(super) fn discard_in_ram(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Disc
         }
     }
     outcome
+}
+
+/// Discards the whole pages `[start, start + len)` of a free range the guest gave up (a
+/// reported or hinted block it sent as `addr`+`given_len`), and logs once what lay outside
+/// guest RAM or could not be discarded. `kind` names the range in the log ("reported").
+pub(super) fn discard_free_range(
+    mem: &GuestMemoryMmap,
+    (start, len): (u64, u64),
+    (kind, addr, given_len): (&str, u64, u64),
+    warnings: &mut Warnings,
+) -> DiscardOutcome {
+    let result = discard_in_ram(mem, start, len);
+    if let Some(at) = result.first_outside {
+        warnings.warn(
+            Warning::BufferOutsideRam,
+            format_args!("{kind} range {addr:#x}+{given_len:#x} reaches {at:#x}"),
+        );
+    }
+    if let Some(e) = &result.first_error {
+        warnings.warn(Warning::DiscardFailed, e);
+    }
+    result
 }
 
 #[cfg(test)]

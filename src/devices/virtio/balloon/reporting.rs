@@ -15,7 +15,7 @@ use virtio_queue::Queue;
 use vm_memory::Address;
 
 use super::chains::{give_back, take_available};
-use super::ranges::{discard_in_ram, whole_pages, DiscardOutcome};
+use super::ranges::{discard_free_range, whole_pages, DiscardOutcome};
 use super::warnings::{Warning, Warnings};
 use crate::memory::GuestMemoryMmap;
 
@@ -66,17 +66,12 @@ pub(super) fn process_reporting(
             }
             outcome.reported += pages_len;
             if may_discard {
-                let result = discard_in_ram(mem, start, pages_len);
-                if let Some(at) = result.first_outside {
-                    warnings.warn(
-                        Warning::BufferOutsideRam,
-                        format_args!("reported range {addr:#x}+{len:#x} reaches {at:#x}"),
-                    );
-                }
-                if let Some(e) = &result.first_error {
-                    warnings.warn(Warning::DiscardFailed, e);
-                }
-                outcome.discard.absorb(result);
+                outcome.discard.absorb(discard_free_range(
+                    mem,
+                    (start, pages_len),
+                    ("reported", addr, len),
+                    warnings,
+                ));
             }
         }
     }
