@@ -999,7 +999,34 @@ fn a_huge_pfn_buffer_is_bounded_by_guest_ram() {
     bench.add_chain(0, &[Desc::Read(addr, u32::MAX)]);
     bench.notify(0);
     assert_eq!(bench.used_count(0), 1);
-    assert_eq!(bench.balloon.warning_count(Warning::BufferOutsideRam), 1);
+    // A RAM's worth of PFNs is read, then the rest of the buffer is ignored (before it
+    // would run out of RAM).
+    assert_eq!(bench.balloon.warning_count(Warning::TooManyPfns), 1);
+    assert_eq!(bench.balloon.warning_count(Warning::BufferOutsideRam), 0);
+}
+
+#[test]
+fn one_inflate_notification_reads_at_most_a_guest_ram_worth_of_pfns() {
+    let bench_ram = ram();
+    let mut bench = Bench::parse(&bench_ram, "");
+    bench.activate().unwrap();
+    let ram_pages = (GUEST_MEM / PAGE) as usize;
+    let (x, y) = (DATA_AREA, DATA_AREA + PAGE);
+    bench.fill(x, 2 * PAGE, 0x5a);
+    // As many PFNs as guest RAM has pages (all naming page x), then page y in a second
+    // chain of the same notification: y is past what any driver needs to send at once.
+    bench.add_readable(0, &pfn_bytes(&vec![(x / PAGE) as u32; ram_pages]));
+    bench.add_readable(0, &pfn_bytes(&pfns_of(y, 1)));
+    bench.notify(0);
+    assert!(bench.holds(x, PAGE, 0));
+    assert!(bench.holds(y, PAGE, 0x5a), "read past the bound");
+    assert_eq!(bench.used_count(0), 2, "every buffer still goes back");
+    assert_eq!(bench.balloon.warning_count(Warning::TooManyPfns), 1);
+    // The bound is per notification: y alone goes through.
+    bench.add_readable(0, &pfn_bytes(&pfns_of(y, 1)));
+    bench.notify(0);
+    assert!(bench.holds(y, PAGE, 0));
+    assert_eq!(bench.used_count(0), 3);
 }
 
 #[test]

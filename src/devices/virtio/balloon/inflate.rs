@@ -15,7 +15,8 @@ use vm_memory::{Address, Bytes};
 use super::chains::{give_back, take_available};
 use super::ranges::{discard_in_ram, merge_pfns, DiscardOutcome};
 use super::warnings::{Warning, Warnings};
-use crate::memory::GuestMemoryMmap;
+use super::BALLOON_PAGE_SIZE;
+use crate::memory::{ram_size, GuestMemoryMmap};
 
 const PFN_BYTES: u64 = 4;
 /// PFNs read from guest memory at a time.
@@ -23,6 +24,33 @@ const READ_CHUNK_PFNS: u64 = 4096;
 /// PFNs gathered before they are merged and discarded, bounding the device's memory
 /// whatever buffer sizes the guest claims (256 KiB of PFNs, 256 MiB of guest pages).
 const FLUSH_PFNS: usize = 64 * 1024;
+
+/// How many PFNs one notification may still have read: as many as guest RAM has pages.
+/// A driver never needs more at once (Linux sends 256 per buffer and waits for each), but a
+/// hostile one can chain up to 4 GiB of PFNs per buffer, a queue's worth of buffers per
+/// notification, and would hold the device (and the transport's lock) for hours.
+struct PfnBudget {
+    left: u64,
+    exceeded: bool,
+}
+
+impl PfnBudget {
+    fn for_ram(mem: &GuestMemoryMmap) -> PfnBudget {
+        PfnBudget {
+            left: ram_size(mem) / BALLOON_PAGE_SIZE,
+            exceeded: false,
+        }
+    }
+
+    /// How many of the `wanted` PFNs may be read; fewer, down to 0, once the budget is
+    /// spent, and then it is marked exceeded.
+    fn grant(&mut self, wanted: u64) -> u64 {
+        let granted = wanted.min(self.left);
+        self.left -= granted;
+        self.exceeded |= granted < wanted;
+        granted
+    }
+}
 
 /// What one round of a queue did.
 #[derive(Debug, Default)]
@@ -44,8 +72,12 @@ pub(super) fn process_inflate(
     let chains = take_available(queue, mem, warnings);
     let mut heads = Vec::with_capacity(chains.len());
     let mut pfns: Vec<u32> = Vec::new();
+    let mut budget = PfnBudget::for_ram(mem);
     for chain in chains {
         heads.push(chain.head_index());
+        if budget.exceeded {
+            continue;
+        }
         for desc in chain {
             if desc.is_write_only() {
                 warnings.warn(
@@ -64,7 +96,10 @@ pub(super) fn process_inflate(
             let count = len / PFN_BYTES;
             let mut done = 0u64;
             while done < count {
-                let n = READ_CHUNK_PFNS.min(count - done);
+                let n = budget.grant(READ_CHUNK_PFNS.min(count - done));
+                if n == 0 {
+                    break;
+                }
                 let mut raw = vec![0u8; (n * PFN_BYTES) as usize];
                 let at = desc.addr().checked_add(done * PFN_BYTES);
                 if at.is_none_or(|at| mem.read_slice(&mut raw, at).is_err()) {
@@ -83,7 +118,19 @@ pub(super) fn process_inflate(
                     discard_pfns(mem, &mut pfns, &mut outcome, warnings);
                 }
             }
+            if budget.exceeded {
+                break;
+            }
         }
+    }
+    if budget.exceeded {
+        warnings.warn(
+            Warning::TooManyPfns,
+            format_args!(
+                "at most {} per notification",
+                ram_size(mem) / BALLOON_PAGE_SIZE
+            ),
+        );
     }
     discard_pfns(mem, &mut pfns, &mut outcome, warnings);
     outcome.returned = give_back(queue, mem, &heads, warnings);

@@ -19,6 +19,7 @@ pub(super) enum Warning {
     BufferOutsideRam,
     PfnOutsideRam,
     PfnBufferLength,
+    TooManyPfns,
     DiscardFailed,
     StatsOversized,
     StatsLength,
@@ -32,7 +33,7 @@ pub(super) enum Warning {
 }
 
 impl Warning {
-    const ALL: [Warning; 20] = [
+    const ALL: [Warning; 21] = [
         Warning::NotifiedBeforeActivation,
         Warning::NotifiedUnknownQueue,
         Warning::NotifiedUnusedQueue,
@@ -43,6 +44,7 @@ impl Warning {
         Warning::BufferOutsideRam,
         Warning::PfnOutsideRam,
         Warning::PfnBufferLength,
+        Warning::TooManyPfns,
         Warning::DiscardFailed,
         Warning::StatsOversized,
         Warning::StatsLength,
@@ -80,6 +82,9 @@ impl Warning {
             Warning::PfnOutsideRam => "an inflated page lies outside guest RAM; skipped",
             Warning::PfnBufferLength => {
                 "an inflate buffer is not a whole number of 4-byte PFNs; the tail is ignored"
+            }
+            Warning::TooManyPfns => {
+                "one inflate notification listed more PFNs than guest RAM has pages; the rest are ignored"
             }
             Warning::DiscardFailed => "giving guest memory back to the host failed",
             Warning::StatsOversized => "a statistics buffer is too large; returned unread",
