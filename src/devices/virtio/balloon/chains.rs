@@ -1,17 +1,45 @@
 //! Taking buffers off a queue and giving them back, safely against a hostile driver.
 //!
 //! At most one queue's worth of chains is taken per notification (virtio-queue refuses an
-//! available index more than the queue size ahead), and each chain's walk is bounded by
-//! virtio-queue's descriptor iterator, so a looping chain or an ever-growing ring cannot
-//! keep the device busy forever. A driver that adds buffers meanwhile notifies again.
+//! available index more than the queue size ahead), and each chain yields at most the
+//! queue's size in descriptors, so a looping chain or an ever-growing ring cannot keep the
+//! device busy forever. A driver that adds buffers meanwhile notifies again.
 
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::warnings::{Warning, Warnings};
 use crate::memory::GuestMemoryMmap;
 
-pub(super) type Chain<'m> = DescriptorChain<&'m GuestMemoryMmap>;
+/// A chain taken off a queue. Its walk stops after the queue's size in descriptors: the
+/// balloon never offers VIRTIO_RING_F_INDIRECT_DESC, so no legal chain is longer, but
+/// virtio-queue follows an indirect table of up to 65535 descriptors all the same, and a
+/// queue's worth of those would cost the device millions of discards per notification.
+#[derive(Clone)]
+pub(super) struct Chain<'m> {
+    inner: DescriptorChain<&'m GuestMemoryMmap>,
+    left: u16,
+}
+
+impl<'m> Chain<'m> {
+    pub fn head_index(&self) -> u16 {
+        self.inner.head_index()
+    }
+
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        self.inner.memory()
+    }
+}
+
+impl Iterator for Chain<'_> {
+    type Item = Descriptor;
+
+    fn next(&mut self) -> Option<Descriptor> {
+        self.left = self.left.checked_sub(1)?;
+        self.inner.next()
+    }
+}
 
 /// The chains available on `queue` now.
 pub(super) fn take_available<'m>(
@@ -19,13 +47,32 @@ pub(super) fn take_available<'m>(
     mem: &'m GuestMemoryMmap,
     warnings: &mut Warnings,
 ) -> Vec<Chain<'m>> {
-    match queue.iter(mem) {
-        Ok(iter) => iter.collect(),
+    let max_len = queue.size();
+    let iter = match queue.iter(mem) {
+        Ok(iter) => iter,
         Err(e) => {
             warnings.warn(Warning::AvailRingIndex, e);
-            Vec::new()
+            return Vec::new();
         }
-    }
+    };
+    iter.map(|inner| {
+        // Walking one descriptor past the bound costs reads, not discards.
+        if inner.clone().nth(usize::from(max_len)).is_some() {
+            warnings.warn(
+                Warning::ChainTooLong,
+                format_args!(
+                    "head {}: more than {max_len} descriptors (an indirect table?); \
+                     the rest is ignored",
+                    inner.head_index()
+                ),
+            );
+        }
+        Chain {
+            inner,
+            left: max_len,
+        }
+    })
+    .collect()
 }
 
 /// Puts the chains headed by `heads` on the used ring with length 0 (the balloon never

@@ -182,6 +182,27 @@ fn page_reporting_alone_is_queue_2() {
 }
 
 #[test]
+fn a_chain_longer_than_its_queue_is_cut_at_the_queue_size() {
+    let bench_ram = ram();
+    let mut bench = Bench::parse(&bench_ram, "page-reporting");
+    bench.set_queue_size(2, 32);
+    bench.activate().unwrap();
+    let pages = 100u64;
+    bench.fill(DATA_AREA, pages * PAGE, 0x5a);
+    let descs: Vec<Desc> = (0..pages)
+        .map(|i| Desc::Write(DATA_AREA + i * PAGE, PAGE as u32))
+        .collect();
+    let table = bench.indirect_table(&descs);
+    bench.add_chain(2, &[table]);
+    bench.notify(2);
+    assert!(bench.holds(DATA_AREA, 32 * PAGE, 0));
+    assert!(bench.holds(DATA_AREA + 32 * PAGE, (pages - 32) * PAGE, 0x5a));
+    assert_eq!(bench.balloon.counters().reported_bytes, 32 * PAGE);
+    assert_eq!(bench.used_count(2), 1);
+    assert_eq!(bench.balloon.warning_count(Warning::ChainTooLong), 1);
+}
+
+#[test]
 fn inflating_merges_pages_frees_them_and_they_read_as_zero() {
     let bench_ram = ram();
     let mut bench = Bench::parse(&bench_ram, "");

@@ -31,6 +31,7 @@ pub const DATA_AREA: u64 = 4 * MIB;
 
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
+const VRING_DESC_F_INDIRECT: u16 = 4;
 
 /// Counts interrupts by kind.
 #[derive(Debug, Default)]
@@ -65,6 +66,9 @@ pub enum Desc {
     Read(u64, u32),
     /// Device-writable.
     Write(u64, u32),
+    /// An indirect table at the address, of the length in bytes (the balloon never offers
+    /// indirect descriptors; a hostile driver uses them anyway).
+    Indirect(u64, u32),
 }
 
 /// Guest RAM for a bench.
@@ -182,6 +186,7 @@ impl<'m> Bench<'m> {
                 let (addr, len, mut flags) = match *d {
                     Desc::Read(a, l) => (a, l, 0),
                     Desc::Write(a, l) => (a, l, VRING_DESC_F_WRITE),
+                    Desc::Indirect(a, l) => (a, l, VRING_DESC_F_INDIRECT),
                 };
                 let last = i + 1 == descs.len();
                 let next = (first + i as u16 + 1) % size;
@@ -203,6 +208,30 @@ impl<'m> Bench<'m> {
         self.mock(index).add_desc_chains(&raw, first).unwrap();
         self.next_desc[index] = (first + raw.len() as u16) % size;
         first
+    }
+
+    /// Writes an indirect table of `descs`, chained in order, to the buffer area; returns
+    /// the [`Desc::Indirect`] that refers to it.
+    pub fn indirect_table(&mut self, descs: &[Desc]) -> Desc {
+        let mut table = Vec::with_capacity(descs.len() * 16);
+        for (i, d) in descs.iter().enumerate() {
+            let (addr, len, mut flags) = match *d {
+                Desc::Read(a, l) => (a, l, 0),
+                Desc::Write(a, l) => (a, l, VRING_DESC_F_WRITE),
+                Desc::Indirect(..) => panic!("an indirect table cannot nest"),
+            };
+            let last = i + 1 == descs.len();
+            if !last {
+                flags |= VRING_DESC_F_NEXT;
+            }
+            let next = if last { 0 } else { i as u16 + 1 };
+            table.extend_from_slice(&addr.to_le_bytes());
+            table.extend_from_slice(&len.to_le_bytes());
+            table.extend_from_slice(&flags.to_le_bytes());
+            table.extend_from_slice(&next.to_le_bytes());
+        }
+        let addr = self.buffer(&table);
+        Desc::Indirect(addr, table.len() as u32)
     }
 
     /// A one-descriptor, device-readable chain holding `bytes`.

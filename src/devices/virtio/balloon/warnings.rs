@@ -14,6 +14,7 @@ pub(super) enum Warning {
     NotifiedUnusedQueue,
     AvailRingIndex,
     HeadIndexOutOfRange,
+    ChainTooLong,
     UsedRingWrite,
     WrongDirection,
     BufferOutsideRam,
@@ -33,12 +34,13 @@ pub(super) enum Warning {
 }
 
 impl Warning {
-    const ALL: [Warning; 21] = [
+    const ALL: [Warning; 22] = [
         Warning::NotifiedBeforeActivation,
         Warning::NotifiedUnknownQueue,
         Warning::NotifiedUnusedQueue,
         Warning::AvailRingIndex,
         Warning::HeadIndexOutOfRange,
+        Warning::ChainTooLong,
         Warning::UsedRingWrite,
         Warning::WrongDirection,
         Warning::BufferOutsideRam,
@@ -75,6 +77,9 @@ impl Warning {
             }
             Warning::HeadIndexOutOfRange => {
                 "a descriptor chain head lies outside the queue; it cannot be returned"
+            }
+            Warning::ChainTooLong => {
+                "a descriptor chain is longer than its queue; only the first queue-size descriptors are used"
             }
             Warning::UsedRingWrite => "a buffer could not be returned to the used ring",
             Warning::WrongDirection => "a descriptor has the wrong direction; skipped",
