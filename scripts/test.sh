@@ -118,6 +118,8 @@ main() {
     if ((boot)); then
         echo "boot attempts retried: $(grep -ac '^boot attempt [0-9]* of [0-9]* failed' "$logs/boot")"
         echo "boot tests that passed only on a retry: $(sed -n 's/^passed only on a retry: //p' "$logs/boot" | tail -n1 | grep . || echo 0)"
+        [[ $mode != nested ]] ||
+            echo "nested hosts (L1) that froze or died and were replaced: $(grep -ac 'Starting L1 run [0-9]' "$logs/boot")"
     fi
     echo "tests: $PASSED passed, $FAILED failed"
     ((FAILED_STAGES == 0))

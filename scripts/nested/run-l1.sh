@@ -13,7 +13,8 @@
 # guest); Ctrl-A x ends QEMU. Without it QEMU reads no input, and a hard timeout applies.
 #
 # Environment: VMM_L1_MEM (default 8G), VMM_L1_CPUS (default 2), VMM_L1_TIMEOUT (seconds,
-# default 3000, not applied with --interactive), VMM_CACHE_DIR.
+# default 3000), VMM_L1_STALL_TIMEOUT (seconds without a heartbeat from L1 before it is
+# ended, default 600); neither limit applies with --interactive. VMM_CACHE_DIR.
 set -euo pipefail
 # shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
@@ -53,21 +54,51 @@ qemu=(qemu-system-x86_64
     -kernel "$CACHE_DIR/vmlinuz" -initrd "$WORK/l1.cpio"
     -append "console=ttyS0 quiet panic=-1 mitigations=off")
 
+# Ends QEMU when L1's heartbeat (l1-init writes one to the second serial port every 20 s)
+# has not grown for $stall_limit seconds: a frozen L1 then costs minutes, not the whole
+# time limit. Runs in the background with no output of its own.
+watch_heartbeat() {
+    local last=-1 size quiet=0
+    while sleep 10; do
+        [[ -s $WORK/qemu.pid ]] || continue
+        size=$(stat -c %s "$WORK/heartbeat" 2>/dev/null || echo 0)
+        if [[ $size != "$last" ]]; then
+            last=$size
+            quiet=0
+        else
+            quiet=$((quiet + 10))
+        fi
+        if ((quiet >= stall_limit)); then
+            touch "$WORK/stalled"
+            kill "$(cat "$WORK/qemu.pid")" 2>/dev/null
+            return
+        fi
+    done
+}
+
 log "booting L1: TCG, ${VMM_L1_CPUS:-2} CPUs, ${VMM_L1_MEM:-8G}, payload $payload ($(du -shL "$payload" | cut -f1))"
 status=0
+time_limit=${VMM_L1_TIMEOUT:-3000}
+stall_limit=${VMM_L1_STALL_TIMEOUT:-600}
 if ((interactive)); then
     # Ctrl-C goes to the guest; Ctrl-A x ends QEMU (the monitor shares the console).
     "${qemu[@]}" -chardev stdio,id=con,mux=on,signal=off -serial chardev:con \
-        -mon chardev=con,mode=readline | tee "$WORK/console" || status=$?
-else
-    timeout -k 10 "${VMM_L1_TIMEOUT:-3000}" "${qemu[@]}" -serial stdio </dev/null |
+        -serial "file:$WORK/heartbeat" -mon chardev=con,mode=readline |
         tee "$WORK/console" || status=$?
+else
+    watch_heartbeat >/dev/null 2>&1 </dev/null &
+    watcher=$!
+    timeout -k 10 "$time_limit" "${qemu[@]}" -serial stdio -serial "file:$WORK/heartbeat" \
+        -pidfile "$WORK/qemu.pid" </dev/null | tee "$WORK/console" || status=$?
+    kill "$watcher" 2>/dev/null || true
 fi
 
 reported=$(tr -d '\r' <"$WORK/console" | sed -n 's/^L1-EXIT-STATUS=\([0-9][0-9]*\)$/\1/p' | tail -n 1)
 if [[ -z $reported ]]; then
-    if [[ $status -eq 124 ]]; then
-        log "L1 timed out after ${VMM_L1_TIMEOUT:-3000} s without reporting a status"
+    if [[ -e $WORK/stalled ]]; then
+        log "L1 stopped responding: no heartbeat for $stall_limit s (last: $(tr -d '\r' <"$WORK/heartbeat" | tail -n 1)); ended it"
+    elif [[ $status -eq 124 ]]; then
+        log "L1 timed out after $time_limit s without reporting a status"
     else
         log "L1 ended (QEMU status $status) without reporting a status"
     fi

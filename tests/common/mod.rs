@@ -357,10 +357,14 @@ impl GuestVmBuilder {
                 Err(reason) => {
                     let diagnostics = vm.diagnostics();
                     vm.diagnostics_shown = true;
-                    eprintln!(
+                    // Straight to the stderr file descriptor: libtest captures `eprintln!`
+                    // and drops it when the test passes, and a retried boot must show in
+                    // the log (scripts/test.sh counts these lines) whatever the outcome.
+                    let report = format!(
                         "boot attempt {attempt} of {attempts} failed: {reason}\n{diagnostics}\n\
-                         retrying the boot (VMM_TEST_BOOT_ATTEMPTS={attempts})"
+                         retrying the boot (VMM_TEST_BOOT_ATTEMPTS={attempts})\n"
                     );
+                    let _ = std::io::stderr().lock().write_all(report.as_bytes());
                 }
             }
         }
