@@ -843,6 +843,20 @@ fn a_body_over_the_limit_is_refused_with_413() {
     assert!(h.balloon().changes().is_empty());
     // The server goes on serving.
     assert_eq!(h.request("GET", "/vm", None).status, 200);
+
+    // A length too large even to hold in a machine word is over the limit all the same.
+    let mut stream = h.connect();
+    stream
+        .write_all(
+            b"PATCH /balloon HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        )
+        .unwrap();
+    let answer = read_answer(&mut stream, &mut Vec::new());
+    assert_eq!(answer.status, 413);
+    assert!(answer
+        .fault()
+        .contains("99999999999999999999999 bytes is larger than the limit"));
+    assert!(h.balloon().changes().is_empty());
 }
 
 #[test]
@@ -961,6 +975,29 @@ fn pipelined_requests_are_answered_in_order() {
         })
         .collect();
     assert_eq!(statuses, [200, 204, 200, 404, 200]);
+}
+
+/// More pipelined answers than the server holds back for a slow reader: the requests it
+/// held back are answered once the client has read the first ones, with no new input to
+/// wake the server (and also when the client has already shut down its sending side).
+#[test]
+fn a_long_pipeline_is_answered_in_full() {
+    let h = Harness::new(Some(all_features()));
+    // 800 requests fit in the input limit; their answers are far over the 64 KiB the
+    // server lets wait for the client.
+    let burst = "GET /vm HTTP/1.1\r\n\r\n".repeat(800);
+    for shut_down_writing in [false, true] {
+        let mut stream = h.connect();
+        stream.write_all(burst.as_bytes()).unwrap();
+        if shut_down_writing {
+            stream.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let mut pending = Vec::new();
+        for n in 0..800 {
+            let answer = read_answer(&mut stream, &mut pending);
+            assert_eq!(answer.status, 200, "answer {n}");
+        }
+    }
 }
 
 #[test]

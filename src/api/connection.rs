@@ -99,9 +99,17 @@ impl Connection {
         if events.intersects(readable) && !self.closing && self.receive(limits, now).is_err() {
             return false;
         }
-        self.answer_requests(vm, limits);
-        if self.flush(now).is_err() {
-            return false;
+        loop {
+            let held_back = self.answer_requests(vm, limits);
+            if self.flush(now).is_err() {
+                return false;
+            }
+            // Requests held back at the high-water mark must be answered as soon as the
+            // socket took the answers before them: no further input may ever come to
+            // wake this connection. A socket that took too little waits for OUT.
+            if !held_back || self.output.len() >= OUTPUT_HIGH_WATER {
+                break;
+            }
         }
         !(self.output.is_empty() && (self.closing || self.peer_done))
     }
@@ -160,8 +168,14 @@ impl Connection {
         Ok(())
     }
 
-    fn answer_requests(&mut self, vm: &dyn VmControl, limits: &ServerLimits) {
-        while !self.closing && self.output.len() < OUTPUT_HIGH_WATER {
+    /// Answers the complete requests in the input, in order, until the answers waiting to
+    /// be sent reach the high-water mark. Returns true if it stopped there with requests
+    /// possibly left unanswered.
+    fn answer_requests(&mut self, vm: &dyn VmControl, limits: &ServerLimits) -> bool {
+        while !self.closing {
+            if self.output.len() >= OUTPUT_HIGH_WATER {
+                return !self.input.is_empty();
+            }
             match frame_request(&self.input, limits) {
                 Framing::Incomplete { expects_continue } => {
                     if self.peer_done && !self.input.is_empty() {
@@ -174,7 +188,7 @@ impl Connection {
                         self.output.extend_from_slice(CONTINUE);
                         self.continue_sent = true;
                     }
-                    return;
+                    return false;
                 }
                 Framing::Refused(response) => self.answer_and_close(&response, false),
                 Framing::Complete(request) => {
@@ -200,6 +214,7 @@ impl Connection {
                 }
             }
         }
+        false
     }
 
     /// Sends a last answer; whatever else the client sent is dropped.
@@ -272,6 +287,8 @@ fn frame_request(input: &[u8], limits: &ServerLimits) -> Framing {
     }
 
     let mut content_length: Option<usize> = None;
+    // As sent, for the error message: a length past usize::MAX is read as usize::MAX.
+    let mut content_length_text = String::new();
     let mut transfer_encoding = false;
     let mut close = false;
     let mut expects_continue = false;
@@ -280,7 +297,8 @@ fn frame_request(input: &[u8], limits: &ServerLimits) -> Framing {
         let value = value.trim();
         if header.name.eq_ignore_ascii_case("content-length") {
             let parsed = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                value.parse::<usize>().ok()
+                // Digits beyond what usize holds are a body over any limit (413 below).
+                Some(value.parse::<usize>().unwrap_or(usize::MAX))
             } else {
                 None
             };
@@ -297,7 +315,10 @@ fn frame_request(input: &[u8], limits: &ServerLimits) -> Framing {
                         format!("the request has two Content-Length headers ({old} and {new})"),
                     ))
                 }
-                (Some(new), _) => content_length = Some(new),
+                (Some(new), _) => {
+                    content_length = Some(new);
+                    content_length_text = value.to_string();
+                }
             }
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding = true;
@@ -321,7 +342,7 @@ fn frame_request(input: &[u8], limits: &ServerLimits) -> Framing {
             return Framing::Refused(Response::fault(
                 413,
                 format!(
-                    "the request body of {length} bytes is larger than the limit of {} bytes",
+                    "the request body of {content_length_text} bytes is larger than the limit of {} bytes",
                     limits.max_body
                 ),
             ));

@@ -22,6 +22,16 @@ pub struct SocketFile {
 }
 
 impl SocketFile {
+    /// The socket file that is, or is about to be, at `path`: the file now at `current`.
+    fn of(path: &Path, current: &Path) -> io::Result<SocketFile> {
+        let meta = fs::symlink_metadata(current)?;
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            device: meta.dev(),
+            inode: meta.ino(),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -56,35 +66,61 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ApiError> {
         source,
     };
 
-    let listener = match StagingDir::create(parent_of(path)) {
+    match StagingDir::create(parent_of(path)) {
         Ok(staging) if staging.socket_path().as_os_str().len() <= MAX_SOCKET_PATH => {
             let staged = staging.socket_path();
             let listener = UnixListener::bind(&staged).map_err(failed)?;
             fs::set_permissions(&staged, Permissions::from_mode(0o600)).map_err(failed)?;
+            // Linking and renaming keep the inode, so the file is known before it is at
+            // `path`; should linking fail, whatever is at `path` is not ours to remove.
+            let file = SocketFile::of(path, &staged).map_err(failed)?;
             match fs::hard_link(&staged, path) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(failed(e)),
-                // A file system without hard links: fall back to a rename.
-                Err(_) => fs::rename(&staged, path).map_err(failed)?,
+                // A file system without hard links: move it there, still never replacing.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    rename_no_replace(&staged, path).map_err(failed)?
+                }
+                Err(e) => return Err(failed(e)),
             }
-            listener
+            Ok((listener, file))
         }
         // No staging directory (or its path is too long for a socket): bind in place and
         // restrict the mode straight after. Between the two the umask alone guards it.
         _ => {
             let listener = UnixListener::bind(path).map_err(failed)?;
+            // From here on a failure removes the socket file again.
+            let file = SocketFile::of(path, path).map_err(failed)?;
             fs::set_permissions(path, Permissions::from_mode(0o600)).map_err(failed)?;
-            listener
+            Ok((listener, file))
         }
-    };
+    }
+}
 
-    let meta = fs::symlink_metadata(path).map_err(failed)?;
-    let file = SocketFile {
-        path: path.to_path_buf(),
-        device: meta.dev(),
-        inode: meta.ino(),
+/// Renames `from` to `to` unless `to` exists, atomically.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
     };
-    Ok((listener, file))
+    let (from, to) = (c_path(from)?, c_path(to)?);
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call, and
+    // renameat2 only reads them.
+    let result = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn parent_of(path: &Path) -> &Path {

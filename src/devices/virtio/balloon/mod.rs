@@ -151,7 +151,7 @@ pub enum BalloonError {
     StatsDisabled,
     #[error("free page hinting is not enabled; start vmm with --balloon free-page-hint")]
     HintingDisabled,
-    #[error("statistics polling interval {0} s is too large")]
+    #[error("statistics polling interval {0} s is too large; the most is {MAX_STATS_INTERVAL_S} s (a day)")]
     IntervalTooLarge(u64),
 }
 
