@@ -1176,6 +1176,40 @@ fn connections_over_the_limit_are_answered_503() {
     assert!(served);
 }
 
+#[test]
+fn silent_connections_give_way_to_a_new_client() {
+    let limits = ServerLimits {
+        max_connections: 2,
+        reclaim_after: Duration::from_millis(100),
+        ..ServerLimits::default()
+    };
+    let h = Harness::with_limits(None, limits);
+    // Two connections the server has taken (each answered once), then left silent: one with
+    // nothing more, one with half a request.
+    let mut silent: Vec<UnixStream> = (0..2)
+        .map(|_| {
+            let mut stream = h.connect();
+            stream
+                .write_all(http("GET", "/vm", None).as_bytes())
+                .unwrap();
+            assert_eq!(read_answer(&mut stream, &mut Vec::new()).status, 200);
+            stream
+        })
+        .collect();
+    silent[1].write_all(b"GET /vm HTTP/1.1\r\nHo").unwrap();
+    thread::sleep(Duration::from_millis(300));
+    // Each new client (kept open, so the server stays full) takes the place of the
+    // connection silent the longest.
+    let mut newcomers = Vec::new();
+    for _ in 0..2 {
+        let (answer, stream) = exchange(&h.socket, http("GET", "/vm", None).as_bytes());
+        assert_eq!(answer.status, 200);
+        newcomers.push(stream);
+    }
+    assert!(server_closed(&mut silent[0]));
+    assert!(server_closed(&mut silent[1]));
+}
+
 // ---------------------------------------------------------------------------------------
 // The socket file
 

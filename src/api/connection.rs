@@ -29,10 +29,14 @@ pub struct ServerLimits {
     pub max_body: usize,
     /// The largest request line plus headers; a larger one is answered 431.
     pub max_header: usize,
-    /// Connections served at once; one more is answered 503 and closed.
+    /// Connections served at once. A client beyond them takes the place of the connection
+    /// silent the longest, if one has been silent for `reclaim_after` with no answer
+    /// waiting; otherwise it is answered 503 and closed.
     pub max_connections: usize,
     /// A connection without traffic for this long is closed.
     pub idle_timeout: Duration,
+    /// How long a connection must have been silent before a new client may take its place.
+    pub reclaim_after: Duration,
 }
 
 impl Default for ServerLimits {
@@ -42,6 +46,7 @@ impl Default for ServerLimits {
             max_header: 8 * 1024,
             max_connections: 64,
             idle_timeout: Duration::from_secs(60),
+            reclaim_after: Duration::from_secs(5),
         }
     }
 }
@@ -84,6 +89,11 @@ impl Connection {
 
     pub fn last_activity(&self) -> Instant {
         self.last_activity
+    }
+
+    /// No answer is waiting to be sent, so closing the connection loses none.
+    pub fn has_no_answer_pending(&self) -> bool {
+        self.output.is_empty()
     }
 
     /// Handles readiness of the socket. Returns false when the connection is finished and

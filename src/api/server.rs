@@ -208,6 +208,13 @@ impl EventLoop {
             return;
         }
         if self.connections.len() >= self.limits.max_connections {
+            // Connections a client opened and left silent (leaked, or held on purpose)
+            // must not lock everyone else out until they time out.
+            if let Some(token) = self.longest_silent(now) {
+                self.close(token);
+            }
+        }
+        if self.connections.len() >= self.limits.max_connections {
             let response = Response::fault(
                 503,
                 format!(
@@ -252,6 +259,20 @@ impl EventLoop {
                 self.close(token);
             }
         }
+    }
+
+    /// The connection silent the longest, if it has been silent for `reclaim_after` with no
+    /// answer waiting.
+    fn longest_silent(&self, now: Instant) -> Option<u64> {
+        self.connections
+            .iter()
+            .filter(|(_, connection)| {
+                connection.has_no_answer_pending()
+                    && now.saturating_duration_since(connection.last_activity())
+                        >= self.limits.reclaim_after
+            })
+            .min_by_key(|(_, connection)| connection.last_activity())
+            .map(|(token, _)| *token)
     }
 
     fn close(&mut self, token: u64) {
