@@ -494,22 +494,35 @@ struct StopWatcher {
     probe_pending: bool,
 }
 
+/// Routes SIGTERM, SIGINT and SIGHUP to an eventfd that the event loop watches, and
+/// returns that eventfd; later calls return the same one. Installed before anything is
+/// created that must be cleaned up on the way out (the API socket), so that a signal
+/// always ends vmm through its orderly exit.
+fn install_termination_signals() -> Result<RawFd, VmmError> {
+    let installed = SIGNAL_EVENT_FD.load(Ordering::SeqCst);
+    if installed >= 0 {
+        return Ok(installed);
+    }
+    let signal_event =
+        EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(io_err("the signal event"))?;
+    let signal_fd = signal_event.as_raw_fd();
+    // The handler may run at any time until exit, so the eventfd is never closed.
+    std::mem::forget(signal_event);
+    SIGNAL_EVENT_FD.store(signal_fd, Ordering::SeqCst);
+    for signum in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        vmm_sys_util::signal::register_signal_handler(signum, on_termination_signal).map_err(
+            |e| VmmError::Io {
+                what: "signal handlers",
+                source: std::io::Error::from_raw_os_error(e.errno()),
+            },
+        )?;
+    }
+    Ok(signal_fd)
+}
+
 impl StopWatcher {
     fn new(lifecycle: Arc<Lifecycle>, vcpus: Arc<Vec<VcpuHandle>>) -> Result<Self, VmmError> {
-        let signal_event = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-            .map_err(io_err("the signal event"))?;
-        let signal_fd = signal_event.as_raw_fd();
-        // The handler may run at any time until exit, so the eventfd is never closed.
-        std::mem::forget(signal_event);
-        SIGNAL_EVENT_FD.store(signal_fd, Ordering::SeqCst);
-        for signum in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            vmm_sys_util::signal::register_signal_handler(signum, on_termination_signal).map_err(
-                |e| VmmError::Io {
-                    what: "signal handlers",
-                    source: std::io::Error::from_raw_os_error(e.errno()),
-                },
-            )?;
-        }
+        let signal_fd = install_termination_signals()?;
         let timer_err = |e: vmm_sys_util::errno::Error| VmmError::Io {
             what: "the halt probe timer",
             source: std::io::Error::from_raw_os_error(e.errno()),
@@ -612,6 +625,7 @@ impl VmControl for VmController {
 /// served from before the first vCPU runs until after the last one stopped, and removed
 /// on the way out.
 pub fn run(config: VmConfig) -> Result<StopReason, VmmError> {
+    install_termination_signals()?;
     let api_socket = config.api_socket.clone();
     let vm = Vm::build(config)?;
     let api = match api_socket {

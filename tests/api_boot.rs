@@ -123,3 +123,23 @@ fn a_guest_without_the_balloon_driver_never_blocks_the_api() {
     assert_eq!(status, 204);
     assert!(vm.wait_exit(EXIT_TIMEOUT).success());
 }
+
+/// SIGTERM ends vmm the orderly way: the guest stops, the exit status says which signal
+/// (128 + 15), and the API socket is removed.
+#[test]
+#[ignore = "boots a guest: run through scripts/test.sh"]
+fn a_termination_signal_ends_vmm_and_removes_the_socket() {
+    let mut vm = GuestVm::builder().api_sock().boot();
+    let sock = vm.api_sock().to_path_buf();
+    assert_eq!(field(&get_json(&sock, "/vm"), "vcpus"), 1);
+    let pid = libc::pid_t::try_from(vm.pid()).expect("a pid fits pid_t");
+    // SAFETY: kill(2) with a valid signal number; the pid is our own running child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let exit = vm.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(
+        exit.code(),
+        Some(128 + libc::SIGTERM),
+        "vmm exited with {exit}"
+    );
+    assert!(!sock.exists(), "the API socket outlived vmm");
+}
