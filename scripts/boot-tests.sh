@@ -73,7 +73,7 @@ run_nested() {
         echo "export VMM_TEST_BOOT_ATTEMPTS=${VMM_TEST_BOOT_ATTEMPTS:-3}"
         # ... and stall later too (an L1 soft lockup, a guest that stops mid-output), so a
         # failed test runs again on its own; every run is logged and counted.
-        echo "export VMM_TEST_ATTEMPTS=${VMM_TEST_ATTEMPTS:-3}"
+        echo "export VMM_TEST_ATTEMPTS=${VMM_TEST_ATTEMPTS:-4}"
         # A run that outlives every timeout of its own is ended (with its VMMs) after this.
         echo "export VMM_TEST_WATCHDOG=${VMM_TEST_WATCHDOG:-1200}"
         # Tests that passed in an earlier L1 which then stopped responding (below).
