@@ -164,6 +164,34 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Each thread of process `pid`: its name, scheduler state and CPU time so far (in clock
+/// ticks), by thread id; empty if /proc cannot tell.
+fn thread_cpu_ticks(pid: u32) -> std::collections::BTreeMap<u32, (String, char, u64)> {
+    let mut threads = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for entry in dir.flatten() {
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "tid (name) state ... utime stime ...": the name may hold spaces, so split
+        // after its closing parenthesis; utime and stime are fields 14 and 15.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let state = rest.first().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ticks = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        threads.insert(tid, (name, state, ticks(11) + ticks(12)));
+    }
+    threads
+}
+
 /// Bytes a process wrote, collected by a reader thread; `closed` once the pipe reached EOF.
 #[derive(Default)]
 struct Stream {
@@ -479,12 +507,46 @@ impl GuestVm {
             Some(status) => format!("exited with {status}"),
             None => "still running".to_string(),
         };
+        // The console as it was when the test gave up, before the stall report adds input.
+        let console = last_lines(&self.console(), DIAGNOSTIC_LINES);
+        let stalled = if status == "still running" {
+            self.stall_report()
+        } else {
+            String::new()
+        };
         format!(
-            "--- vmm {} ({status})\n--- last {DIAGNOSTIC_LINES} console lines:\n{}\n--- vmm stderr:\n{}\n---",
+            "--- vmm {} ({status})\n--- last {DIAGNOSTIC_LINES} console lines:\n{console}\n--- vmm stderr:\n{}\n{stalled}---",
             self.args.join(" "),
-            last_lines(&self.console(), DIAGNOSTIC_LINES),
             self.vmm_stderr().trim_end()
         )
+    }
+
+    /// For a guest that went quiet while its vmm runs on: what each vmm thread did over one
+    /// second (a vCPU thread that used no CPU time sits in a halted guest), and whether a
+    /// newline on the console brings output back (a receive interrupt also restarts a
+    /// transmitter waiting for an interrupt that never came).
+    fn stall_report(&mut self) -> String {
+        let threads_before = thread_cpu_ticks(self.pid());
+        thread::sleep(Duration::from_secs(1));
+        let threads_after = thread_cpu_ticks(self.pid());
+        let mut report = String::from("--- vmm threads (name, state, CPU ticks in 1 s):\n");
+        for (tid, (name, state, ticks)) in &threads_after {
+            let used = threads_before
+                .get(tid)
+                .map_or(*ticks, |(_, _, before)| ticks.saturating_sub(*before));
+            report.push_str(&format!("    {name} {state} {used}\n"));
+        }
+        let before = self.console.lock().bytes.len();
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(b"\n").and_then(|()| stdin.flush());
+            thread::sleep(Duration::from_secs(5));
+            let after = self.console.lock().bytes.len();
+            report.push_str(&format!(
+                "--- after a newline on the console: {} bytes of output within 5 s\n",
+                after - before
+            ));
+        }
+        report
     }
 
     /// Panics with `message` and the diagnostics.
