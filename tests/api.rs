@@ -312,6 +312,20 @@ impl Harness {
     fn connect(&self) -> UnixStream {
         connect(&self.socket)
     }
+
+    /// `count` connections the server has surely taken: each has been answered once.
+    fn served_connections(&self, count: usize) -> Vec<UnixStream> {
+        (0..count)
+            .map(|_| {
+                let mut stream = self.connect();
+                stream
+                    .write_all(http("GET", "/vm", None).as_bytes())
+                    .unwrap();
+                assert_eq!(read_answer(&mut stream, &mut Vec::new()).status, 200);
+                stream
+            })
+            .collect()
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1150,17 +1164,7 @@ fn connections_over_the_limit_are_answered_503() {
         ..ServerLimits::default()
     };
     let h = Harness::with_limits(None, limits);
-    // Two connections the server has surely taken: each has been answered once.
-    let mut held: Vec<UnixStream> = (0..2)
-        .map(|_| {
-            let mut stream = h.connect();
-            stream
-                .write_all(http("GET", "/vm", None).as_bytes())
-                .unwrap();
-            assert_eq!(read_answer(&mut stream, &mut Vec::new()).status, 200);
-            stream
-        })
-        .collect();
+    let mut held = h.served_connections(2);
     let (refused, mut stream) = exchange(&h.socket, http("GET", "/vm", None).as_bytes());
     assert_eq!(refused.status, 503);
     assert!(refused.fault().contains("2 connections"));
@@ -1184,18 +1188,9 @@ fn silent_connections_give_way_to_a_new_client() {
         ..ServerLimits::default()
     };
     let h = Harness::with_limits(None, limits);
-    // Two connections the server has taken (each answered once), then left silent: one with
-    // nothing more, one with half a request.
-    let mut silent: Vec<UnixStream> = (0..2)
-        .map(|_| {
-            let mut stream = h.connect();
-            stream
-                .write_all(http("GET", "/vm", None).as_bytes())
-                .unwrap();
-            assert_eq!(read_answer(&mut stream, &mut Vec::new()).status, 200);
-            stream
-        })
-        .collect();
+    // Two connections the server has taken, then left silent: one with nothing more, one
+    // with half a request.
+    let mut silent = h.served_connections(2);
     silent[1].write_all(b"GET /vm HTTP/1.1\r\nHo").unwrap();
     thread::sleep(Duration::from_millis(300));
     // Each new client (kept open, so the server stays full) takes the place of the

@@ -500,19 +500,18 @@ impl GuestVm {
 
     /// The last console lines, the VMM's stderr and how it ended, for failure messages.
     pub fn diagnostics(&mut self) -> String {
-        let status = match self
+        let exited = self
             .exit_status
-            .or_else(|| self.child.try_wait().ok().flatten())
-        {
+            .or_else(|| self.child.try_wait().ok().flatten());
+        let status = match exited {
             Some(status) => format!("exited with {status}"),
             None => "still running".to_string(),
         };
         // The console as it was when the test gave up, before the stall report adds input.
         let console = last_lines(&self.console(), DIAGNOSTIC_LINES);
-        let stalled = if status == "still running" {
-            self.stall_report()
-        } else {
-            String::new()
+        let stalled = match exited {
+            Some(_) => String::new(),
+            None => self.stall_report(),
         };
         format!(
             "--- vmm {} ({status})\n--- last {DIAGNOSTIC_LINES} console lines:\n{console}\n--- vmm stderr:\n{}\n{stalled}---",
