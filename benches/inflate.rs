@@ -17,9 +17,8 @@ use vmm::devices::virtio::{Activation, InterruptKind, VirtioDevice, VirtioInterr
 use vmm::memory::{
     create_guest_memory, discard_range, resident_bytes, GuestMemoryMmap, MemoryBacking,
 };
+use vmm::size::{MIB, PAGE_SIZE};
 
-const MIB: u64 = 1 << 20;
-const PAGE: u64 = 4096;
 const GUEST_MEM: u64 = 512 * MIB;
 const QUEUE_SIZE: u16 = 256;
 const INFLATE_QUEUE: GuestAddress = GuestAddress(MIB);
@@ -29,7 +28,7 @@ const PFN_AREA: u64 = 16 * MIB;
 /// The memory given up.
 const DATA_AREA: u64 = 64 * MIB;
 const DATA_LEN: u64 = 256 * MIB;
-const PAGES: u64 = DATA_LEN / PAGE;
+const PAGES: u64 = DATA_LEN / PAGE_SIZE;
 /// PFNs per buffer, as the Linux driver sends them.
 const PFNS_PER_BUFFER: u64 = 256;
 const RUNS: usize = 3;
@@ -84,7 +83,7 @@ fn shuffled(mut pfns: Vec<u32>) -> Vec<u32> {
 
 fn touch(mem: &GuestMemoryMmap) {
     for page in 0..PAGES {
-        mem.write_obj(0xa5u8, GuestAddress(DATA_AREA + page * PAGE))
+        mem.write_obj(0xa5u8, GuestAddress(DATA_AREA + page * PAGE_SIZE))
             .unwrap();
     }
 }
@@ -99,7 +98,12 @@ fn per_page(mem: &GuestMemoryMmap) -> Duration {
     let start = Instant::now();
     for i in 0..PAGES {
         let pfn: u32 = mem.read_obj(GuestAddress(PFN_AREA + 4 * i)).unwrap();
-        discard_range(mem, GuestAddress(u64::from(u32::from_le(pfn)) << 12), PAGE).unwrap();
+        discard_range(
+            mem,
+            GuestAddress(u64::from(u32::from_le(pfn)) << 12),
+            PAGE_SIZE,
+        )
+        .unwrap();
     }
     start.elapsed()
 }
@@ -160,7 +164,7 @@ fn main() {
         avail_idx: 0,
     };
 
-    let first_pfn = (DATA_AREA / PAGE) as u32;
+    let first_pfn = (DATA_AREA / PAGE_SIZE) as u32;
     let contiguous: Vec<u32> = (first_pfn..first_pfn + PAGES as u32).collect();
     let scattered = shuffled(contiguous.clone());
     let cases: [(&str, &[u32], u64); 3] = [

@@ -4,12 +4,8 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::http::{field, get_json, patch, request, wait_until};
-use common::{scaled, GuestVm, EXIT_TIMEOUT};
-
-const RESIZE_TIMEOUT: Duration = Duration::from_secs(180);
+use common::http::{field, get_json, patch, request};
+use common::{scaled, wait_until, GuestVm, EXIT_TIMEOUT, PAGES_PER_MIB, RESIZE_TIMEOUT};
 
 fn ctl_ok(vm: &mut GuestVm, args: &[&str]) -> String {
     let out = vm.ctl(args);
@@ -74,8 +70,8 @@ fn resize_a_running_guest_through_the_socket_then_shut_it_down() {
             let stats: serde_json::Value = serde_json::from_str(&json).ok()?;
             (stats["total_memory"].as_u64() == Some(total_bytes)
                 && field(&stats, "actual_mib") == 100
-                && field(&stats, "target_pages") == 100 * 256)
-                .then_some(())
+                && field(&stats, "target_pages") == u64::from(100 * PAGES_PER_MIB))
+            .then_some(())
         },
     );
     let human = ctl_ok(&mut vm, &["balloon", "stats"]);

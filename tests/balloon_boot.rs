@@ -10,12 +10,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::http::{field, get_json, patch, wait_until};
-use common::{scaled, GuestVm};
+use common::http::{field, get_json, patch};
+use common::{rss_bytes_of, scaled, wait_until, GuestVm, RESIZE_TIMEOUT};
+use vmm::size::MIB;
 
-const MIB: u64 = 1 << 20;
-/// How long the guest may take to inflate or deflate to a new target (a hang guard).
-const RESIZE_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long freed memory may take to come back through reporting or hinting.
 const RECLAIM_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -94,18 +92,10 @@ fn fill_and_free_tmpfs(vm: &mut GuestVm, mib: u64) -> u64 {
 fn wait_for_rss_drop(vm: &mut GuestVm, from: u64, drop: u64, what: &str) -> u64 {
     let pid = vm.pid();
     wait_until(scaled(RECLAIM_TIMEOUT), what, || {
-        let rss = rss_of(pid);
+        // Unreadable counts as not fallen yet: the wait ends in its own failure.
+        let rss = rss_bytes_of(pid).unwrap_or(u64::MAX);
         (rss + drop <= from).then_some(rss)
     })
-}
-
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(u64::MAX, |kib| kib * 1024)
 }
 
 /// Starts the memcheck filler in the guest and waits until its pattern is written.

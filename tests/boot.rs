@@ -10,8 +10,10 @@ mod common;
 use common::{GuestVm, BOOT_TIMEOUT, EXIT_TIMEOUT};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
+use vmm::size::{GIB, KIB};
 
-const GIB_IN_KIB: u64 = 1024 * 1024;
+/// /proc/meminfo counts in KiB.
+const GIB_IN_KIB: u64 = GIB / KIB;
 
 #[test]
 #[ignore = "boots a guest: run through scripts/test.sh"]

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -59,19 +59,4 @@ pub fn field(value: &Value, name: &str) -> u64 {
     value[name]
         .as_u64()
         .unwrap_or_else(|| panic!("no number {name:?} in {value}"))
-}
-
-/// Polls `check` every half second until it returns `Some`, or panics with `what` after
-/// `timeout`. The timeout only guards against a hang; it asserts nothing about speed.
-pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        if Instant::now() >= deadline {
-            panic!("gave up after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }

@@ -28,6 +28,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use vmm::size::{MIB, PAGE_SIZE};
+
 /// Printed by the guest's /init once it is ready for commands.
 pub const READY_MARKER: &str = "VMMTEST-READY";
 
@@ -39,6 +41,11 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a VMM invocation that should fail at once may take.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the guest may take to inflate or deflate its balloon to a new target.
+pub const RESIZE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Balloon pages (4 KiB) in a MiB: the API takes sizes in MiB, the device counts pages.
+pub const PAGES_PER_MIB: u32 = (MIB / PAGE_SIZE) as u32;
 
 /// Console lines shown when something goes wrong.
 const DIAGNOSTIC_LINES: usize = 40;
@@ -139,6 +146,33 @@ pub fn run_vmm(args: &[&str], timeout: Duration) -> Output {
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
     }
+}
+
+/// Polls `check` every half second until it returns `Some`, or panics with `what` after
+/// `timeout`. The timeout only guards against a hang; it asserts nothing about speed.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("gave up after {timeout:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The resident set size of process `pid` in bytes, or why /proc cannot tell.
+pub fn rss_bytes_of(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| format!("no VmRSS line in {path}"))
 }
 
 fn spawn_collector<R: Read + Send + 'static>(source: Option<R>) -> JoinHandle<Vec<u8>> {
@@ -687,18 +721,9 @@ impl GuestVm {
 
     /// The resident set size of the VMM process, in bytes.
     pub fn rss_bytes(&mut self) -> u64 {
-        let path = format!("/proc/{}/status", self.pid());
-        let status = match std::fs::read_to_string(&path) {
-            Ok(status) => status,
-            Err(e) => self.fail(&format!("cannot read {path}: {e}")),
-        };
-        let kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-        match kib {
-            Some(kib) => kib * 1024,
-            None => self.fail(&format!("no VmRSS line in {path}")),
+        match rss_bytes_of(self.pid()) {
+            Ok(bytes) => bytes,
+            Err(reason) => self.fail(&reason),
         }
     }
 
