@@ -3,28 +3,24 @@
 
 mod common;
 
-use std::path::PathBuf;
+use vmm_sys_util::tempfile::TempFile;
 
 use common::{run_vmm, CLI_TIMEOUT};
 
 /// A file that exists but is no kernel, removed when dropped.
-struct JunkFile(PathBuf);
+struct JunkFile(TempFile);
 
 impl JunkFile {
     fn new() -> JunkFile {
-        let path = std::env::temp_dir().join(format!("vmm-cli-{}.bin", common::unique_token()));
-        std::fs::write(&path, b"this is not a bzImage\n".repeat(512)).expect("cannot write junk");
-        JunkFile(path)
+        let prefix = std::env::temp_dir().join("vmm-cli-junk-");
+        let file = TempFile::new_with_prefix(&prefix).expect("cannot create the junk file");
+        std::fs::write(file.as_path(), b"this is not a bzImage\n".repeat(512))
+            .expect("cannot write junk");
+        JunkFile(file)
     }
 
     fn path(&self) -> &str {
-        self.0.to_str().expect("temp path is UTF-8")
-    }
-}
-
-impl Drop for JunkFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        self.0.as_path().to_str().expect("temp path is UTF-8")
     }
 }
 
@@ -49,7 +45,8 @@ fn refused(args: &[&str]) -> String {
 
 #[test]
 fn missing_kernel_file_is_refused() {
-    let path = std::env::temp_dir().join(format!("vmm-cli-missing-{}", common::unique_token()));
+    let dir = common::temp_dir("cli");
+    let path = dir.as_path().join("missing-kernel");
     let path = path.to_str().expect("temp path is UTF-8");
     let line = refused(&["--kernel", path]);
     assert!(

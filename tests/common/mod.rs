@@ -1,5 +1,5 @@
 //! Shared by the integration tests: runs the `vmm` binary, boots guests with it and talks to
-//! the guest's shell over the serial console.
+//! the guest's shell over the serial console; [`http`] talks to its API socket.
 //!
 //! The guest is the Debian kernel with the initramfs built by `scripts/guest-initramfs.sh`:
 //! its `/init` (resources/guest/init) prints [`READY_MARKER`] and then serves a shell on the
@@ -29,6 +29,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use vmm::size::{MIB, PAGE_SIZE};
+use vmm_sys_util::tempdir::TempDir;
 
 /// Printed by the guest's /init once it is ready for commands.
 pub const READY_MARKER: &str = "VMMTEST-READY";
@@ -103,7 +104,15 @@ pub fn guest_initrd() -> PathBuf {
     required_file("VMM_GUEST_INITRD")
 }
 
-/// A string unique to this call within the test run, for markers and file names.
+/// A fresh directory under the system's temporary directory, named `vmm-PURPOSE-XXXXXX`
+/// and removed with everything in it when dropped.
+pub fn temp_dir(purpose: &str) -> TempDir {
+    let prefix = std::env::temp_dir().join(format!("vmm-{purpose}-"));
+    TempDir::new_with_prefix(&prefix)
+        .unwrap_or_else(|e| panic!("cannot create a directory {}XXXXXX: {e}", prefix.display()))
+}
+
+/// A string unique to this call within the test run, for markers.
 pub fn unique_token() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
@@ -392,14 +401,13 @@ impl GuestVmBuilder {
         if let Some(balloon) = self.balloon {
             args.extend(["--balloon".into(), balloon]);
         }
-        let api_sock = self
-            .api_sock
-            .then(|| std::env::temp_dir().join(format!("vmm-test-{}.sock", unique_token())));
+        let api_dir = self.api_sock.then(|| temp_dir("test"));
+        let api_sock = api_dir.as_ref().map(|dir| dir.as_path().join("api.sock"));
         if let Some(sock) = &api_sock {
             args.extend(["--api-sock".into(), path_arg(sock)]);
         }
         args.extend(self.extra_args);
-        GuestVm::start(args, api_sock)
+        GuestVm::start(args, api_sock, api_dir)
     }
 
     /// Starts the VMM and waits until the guest's shell is ready for commands.
@@ -457,6 +465,8 @@ pub struct GuestVm {
     cursor: usize,
     next_command: u64,
     api_sock: Option<PathBuf>,
+    /// The directory holding `api_sock`, removed with it once the VMM is gone.
+    api_dir: Option<TempDir>,
     exit_status: Option<ExitStatus>,
     diagnostics_shown: bool,
 }
@@ -476,7 +486,7 @@ impl GuestVm {
         }
     }
 
-    fn start(args: Vec<String>, api_sock: Option<PathBuf>) -> GuestVm {
+    fn start(args: Vec<String>, api_sock: Option<PathBuf>, api_dir: Option<TempDir>) -> GuestVm {
         let bin = vmm_bin();
         let mut child = Command::new(&bin)
             .args(&args)
@@ -505,6 +515,7 @@ impl GuestVm {
             cursor: 0,
             next_command: 0,
             api_sock,
+            api_dir,
             exit_status: None,
             diagnostics_shown: false,
         }
@@ -773,8 +784,6 @@ impl Drop for GuestVm {
         if thread::panicking() && !self.diagnostics_shown {
             eprintln!("{}", self.diagnostics());
         }
-        if let Some(sock) = &self.api_sock {
-            let _ = std::fs::remove_file(sock);
-        }
+        // `api_dir`, dropped after this, removes the socket and its directory.
     }
 }
