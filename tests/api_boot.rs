@@ -42,8 +42,9 @@ fn resize_a_running_guest_through_the_socket_then_shut_it_down() {
     assert_eq!(full_total - vm.meminfo_kib("MemTotal"), 300 * 1024);
 
     // A bad request changes nothing.
-    let (status, body) = request(&sock, "PATCH", "/balloon", Some("{\"amount_mib\": 4096}"));
-    assert_eq!(status, 400, "{body}");
+    let answer = request(&sock, "PATCH", "/balloon", Some("{\"amount_mib\": 4096}"));
+    let body = answer.text();
+    assert_eq!(answer.status, 400, "{body}");
     assert!(body.contains("fault_message"), "{body}");
     assert_eq!(field(&get_json(&sock, "/balloon"), "amount_mib"), 300);
 
@@ -78,13 +79,13 @@ fn resize_a_running_guest_through_the_socket_then_shut_it_down() {
     assert!(human.contains("total memory"), "{human}");
 
     // PUT /actions {"action_type": "Shutdown"}: vmm exits 0 and removes its socket.
-    let (status, body) = request(
+    let answer = request(
         &sock,
         "PUT",
         "/actions",
         Some("{\"action_type\": \"Shutdown\"}"),
     );
-    assert_eq!(status, 204, "{body}");
+    assert_eq!(answer.status, 204, "{}", answer.text());
     let exit = vm.wait_exit(EXIT_TIMEOUT);
     assert!(exit.success(), "vmm exited with {exit}");
     assert!(!sock.exists(), "the API socket outlived vmm");
@@ -110,13 +111,13 @@ fn a_guest_without_the_balloon_driver_never_blocks_the_api() {
     let stats = get_json(&sock, "/balloon/statistics");
     assert_eq!(field(&stats, "target_mib"), 64);
     assert!(stats.get("free_memory").is_none(), "no report yet: {stats}");
-    let (status, _) = request(
+    let answer = request(
         &sock,
         "PUT",
         "/actions",
         Some("{\"action_type\": \"Shutdown\"}"),
     );
-    assert_eq!(status, 204);
+    assert_eq!(answer.status, 204);
     assert!(vm.wait_exit(EXIT_TIMEOUT).success());
 }
 

@@ -1,0 +1,244 @@
+//! Models of the VM and its balloon for the API server to run over.
+//!
+//! They behave as the interfaces promise: they check their features and limits, never
+//! wait, and record every change they make, so a test can show that a refused request
+//! changed nothing.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vmm::api::{VmControl, VmInfo};
+use vmm::devices::virtio::balloon::{
+    BalloonConfig, BalloonControl, BalloonError, BalloonFeatures, BalloonInfo, BalloonStatistics,
+    GuestStats, HintingStatus,
+};
+use vmm::size::{GIB, MIB};
+
+/// The model VM's memory, and so the largest balloon.
+pub const GUEST_MEMORY: u64 = 2 * GIB;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalloonState {
+    pub target_pages: u32,
+    pub actual_pages: u32,
+    pub stats_interval_s: u32,
+    pub driver_ready: bool,
+    pub host_cmd: u32,
+    pub guest_cmd: Option<u32>,
+    pub acknowledge_on_stop: Option<bool>,
+    pub stats: GuestStats,
+    pub last_update_age_ms: Option<u64>,
+    pub unknown_tags: u64,
+}
+
+/// A balloon that behaves as the interface promises: it checks its features and limits,
+/// never waits, and logs every change it makes.
+pub struct ModelBalloon {
+    config: BalloonConfig,
+    state: Mutex<BalloonState>,
+    changes: Mutex<Vec<String>>,
+}
+
+impl ModelBalloon {
+    pub fn new(features: BalloonFeatures) -> Self {
+        ModelBalloon {
+            config: BalloonConfig {
+                features,
+                stats_interval_s: if features.stats { 5 } else { 0 },
+                initial_size: 0,
+            },
+            state: Mutex::new(BalloonState {
+                target_pages: 0,
+                actual_pages: 0,
+                stats_interval_s: if features.stats { 5 } else { 0 },
+                driver_ready: true,
+                host_cmd: 0,
+                guest_cmd: None,
+                acknowledge_on_stop: None,
+                stats: GuestStats::default(),
+                last_update_age_ms: None,
+                unknown_tags: 0,
+            }),
+            changes: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn state(&self) -> BalloonState {
+        self.state.lock().unwrap().clone()
+    }
+
+    pub fn changes(&self) -> Vec<String> {
+        self.changes.lock().unwrap().clone()
+    }
+
+    pub fn update(&self, change: impl FnOnce(&mut BalloonState)) {
+        change(&mut self.state.lock().unwrap());
+    }
+
+    fn log(&self, change: String) {
+        self.changes.lock().unwrap().push(change);
+    }
+}
+
+impl BalloonControl for ModelBalloon {
+    fn info(&self) -> BalloonInfo {
+        let state = self.state();
+        BalloonInfo {
+            config: self.config,
+            target_pages: state.target_pages,
+            actual_pages: state.actual_pages,
+            stats_interval_s: state.stats_interval_s,
+            driver_ready: state.driver_ready,
+            acked_features: 0,
+        }
+    }
+
+    // The rule for the target that every test of PATCH /balloon and `vmm ctl balloon set`
+    // answers by: no larger than guest memory.
+    fn set_target_pages(&self, pages: u32) -> Result<(), BalloonError> {
+        let requested = u64::from(pages) * 4096;
+        if requested > GUEST_MEMORY {
+            return Err(BalloonError::TargetTooLarge {
+                requested,
+                guest_memory: GUEST_MEMORY,
+            });
+        }
+        self.update(|state| state.target_pages = pages);
+        self.log(format!("set_target_pages({pages})"));
+        Ok(())
+    }
+
+    fn statistics(&self) -> Result<BalloonStatistics, BalloonError> {
+        if !self.config.features.stats {
+            return Err(BalloonError::StatsDisabled);
+        }
+        let state = self.state();
+        Ok(BalloonStatistics {
+            target_pages: state.target_pages,
+            actual_pages: state.actual_pages,
+            stats: state.stats,
+            unknown_tags: state.unknown_tags,
+            last_update_age_ms: state.last_update_age_ms,
+        })
+    }
+
+    fn set_stats_interval(&self, seconds: u32) -> Result<(), BalloonError> {
+        if !self.config.features.stats {
+            return Err(BalloonError::StatsDisabled);
+        }
+        if seconds > 86_400 {
+            return Err(BalloonError::IntervalTooLarge(u64::from(seconds)));
+        }
+        self.update(|state| state.stats_interval_s = seconds);
+        self.log(format!("set_stats_interval({seconds})"));
+        Ok(())
+    }
+
+    fn start_hinting(&self, acknowledge_on_stop: bool) -> Result<(), BalloonError> {
+        if !self.config.features.free_page_hint {
+            return Err(BalloonError::HintingDisabled);
+        }
+        self.update(|state| {
+            state.host_cmd = state.host_cmd.max(1) + 1;
+            state.acknowledge_on_stop = Some(acknowledge_on_stop);
+        });
+        self.log(format!("start_hinting({acknowledge_on_stop})"));
+        Ok(())
+    }
+
+    fn hinting_status(&self) -> Result<HintingStatus, BalloonError> {
+        if !self.config.features.free_page_hint {
+            return Err(BalloonError::HintingDisabled);
+        }
+        let state = self.state();
+        Ok(HintingStatus {
+            host_cmd: state.host_cmd,
+            guest_cmd: state.guest_cmd,
+        })
+    }
+
+    fn stop_hinting(&self) -> Result<(), BalloonError> {
+        if !self.config.features.free_page_hint {
+            return Err(BalloonError::HintingDisabled);
+        }
+        self.update(|state| state.host_cmd = 1);
+        self.log("stop_hinting".to_string());
+        Ok(())
+    }
+}
+
+/// A VM that counts the shutdowns asked of it.
+pub struct ModelVm {
+    balloon: Option<Arc<ModelBalloon>>,
+    shutdowns: AtomicUsize,
+}
+
+impl ModelVm {
+    pub fn new(balloon: Option<Arc<ModelBalloon>>) -> Self {
+        ModelVm {
+            balloon,
+            shutdowns: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many times the API asked the VM to shut down.
+    pub fn shutdowns(&self) -> usize {
+        self.shutdowns.load(Ordering::SeqCst)
+    }
+}
+
+impl VmControl for ModelVm {
+    fn info(&self) -> VmInfo {
+        let stopping = self.shutdowns.load(Ordering::SeqCst) > 0;
+        VmInfo {
+            vcpus: 2,
+            memory_bytes: GUEST_MEMORY,
+            state: if stopping { "Stopping" } else { "Running" },
+            uptime_ms: 12_345,
+        }
+    }
+
+    fn balloon(&self) -> Option<Arc<dyn BalloonControl>> {
+        self.balloon
+            .clone()
+            .map(|balloon| balloon as Arc<dyn BalloonControl>)
+    }
+
+    fn request_shutdown(&self) {
+        self.shutdowns.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+pub fn all_features() -> BalloonFeatures {
+    BalloonFeatures {
+        must_tell_host: true,
+        stats: true,
+        deflate_on_oom: true,
+        free_page_hint: true,
+        page_poison: false,
+        page_reporting: true,
+    }
+}
+
+pub fn every_stat() -> GuestStats {
+    GuestStats {
+        swap_in: Some(1),
+        swap_out: Some(2),
+        major_faults: Some(3),
+        minor_faults: Some(4),
+        free_memory: Some(512 * MIB),
+        total_memory: Some(GUEST_MEMORY),
+        available_memory: Some(GIB),
+        disk_caches: Some(64 * MIB),
+        hugetlb_allocations: Some(9),
+        hugetlb_failures: Some(10),
+        oom_kill: Some(11),
+        alloc_stall: Some(12),
+        async_scan: Some(13),
+        direct_scan: Some(14),
+        async_reclaim: Some(15),
+        direct_reclaim: Some(16),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
