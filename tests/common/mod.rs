@@ -365,7 +365,8 @@ impl GuestVmBuilder {
         self
     }
 
-    /// Gives the VMM an API socket in a fresh temporary path (see [`GuestVm::api_sock`]).
+    /// Gives the VMM an API socket in a fresh temporary directory, removed with the
+    /// `GuestVm` (see [`GuestVm::api_sock`]).
     pub fn api_sock(mut self) -> Self {
         self.api_sock = true;
         self
