@@ -11,16 +11,23 @@
 //!   reads) loses that line and nothing else.
 //! - A guest can repeat a fault as fast as it can run; logging each one would let it fill
 //!   the host's log. [`WarningCounter`] counts every occurrence of one warning and logs only
-//!   the first; [`warn_once!`](crate::warn_once) gives each call site its own counter.
+//!   the first; [`warn_once!`](crate::warn_once) gives each call site its own counter. The
+//!   warnings and errors of other crates (virtio-queue's, about queues the guest set up)
+//!   get the same treatment in the logger itself: each call site is logged once.
 
+use std::collections::HashSet;
 use std::fmt::{self, Display};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
-use log::{LevelFilter, Record};
+use log::{Level, LevelFilter, Log, Metadata, Record};
 
 /// The level of every module `RUST_LOG` does not name, when `--log-level` is not given.
 pub const DEFAULT_LEVEL: LevelFilter = LevelFilter::Warn;
+
+/// Ends every message that is logged only the first time it happens.
+const LATER_NOT_LOGGED: &str = "later occurrences are not logged";
 
 /// Which messages are logged.
 ///
@@ -51,14 +58,78 @@ pub enum LoggingError {
 /// Installs the logger for the whole process: messages that `config` lets pass are written
 /// to `out`, one line each (the VMM passes stderr; tests pass a buffer they read).
 pub fn init(config: &LogConfig, out: Box<dyn io::Write + Send>) -> Result<(), LoggingError> {
-    let logger = build_logger(config, out)?;
-    let max_level = logger.filter();
+    let logger = Logger::new(config, out)?;
+    let max_level = logger.env_logger.filter();
     log::set_boxed_logger(Box::new(logger)).map_err(|_| LoggingError::AlreadyInstalled)?;
     log::set_max_level(max_level);
     Ok(())
 }
 
-fn build_logger(
+/// `env_logger`, with the warnings and errors of other crates logged once per call site.
+struct Logger {
+    env_logger: env_logger::Logger,
+    /// The `(file, line)` of every other crate's warning or error logged so far.
+    library_sites_logged: Mutex<HashSet<(&'static str, u32)>>,
+}
+
+impl Logger {
+    fn new(config: &LogConfig, out: Box<dyn io::Write + Send>) -> Result<Logger, LoggingError> {
+        Ok(Logger {
+            env_logger: build_env_logger(config, out)?,
+            library_sites_logged: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// A warning or error of another crate: those we use report what the guest did (such
+    /// as virtio-queue about the queues it set up), as often as the guest does it.
+    fn is_from_library(record: &Record) -> bool {
+        let target = record.target();
+        let ours = target == "vmm" || target.starts_with("vmm::");
+        !ours && record.level() <= Level::Warn
+    }
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        self.env_logger.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.env_logger.matches(record) {
+            return;
+        }
+        if !Self::is_from_library(record) {
+            self.env_logger.log(record);
+            return;
+        }
+        let site = (
+            record.file_static().unwrap_or(""),
+            record.line().unwrap_or(0),
+        );
+        let first = self
+            .library_sites_logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(site);
+        if first {
+            let args = format_args!("{}; {LATER_NOT_LOGGED}", record.args());
+            let record = Record::builder()
+                .metadata(record.metadata().clone())
+                .args(args)
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build();
+            self.env_logger.log(&record);
+        }
+    }
+
+    fn flush(&self) {
+        self.env_logger.flush();
+    }
+}
+
+fn build_env_logger(
     config: &LogConfig,
     out: Box<dyn io::Write + Send>,
 ) -> Result<env_logger::Logger, LoggingError> {
@@ -146,7 +217,7 @@ impl WarningCounter {
     /// path, for `RUST_LOG`), saying that later ones are not.
     pub fn warn(&self, target: &str, message: fmt::Arguments<'_>) {
         if self.record() == 0 {
-            log::warn!(target: target, "{message}; later occurrences are not logged");
+            log::warn!(target: target, "{message}; {LATER_NOT_LOGGED}");
         }
     }
 
@@ -181,8 +252,6 @@ macro_rules! warn_once {
 mod tests {
     use std::sync::{Arc, Mutex, OnceLock};
 
-    use log::{Level, Log};
-
     use super::*;
 
     /// A writer tests can read back.
@@ -213,9 +282,9 @@ mod tests {
     }
 
     fn passes(config: &LogConfig, target: &str, level: Level) -> bool {
-        let logger = build_logger(config, Box::new(io::sink())).unwrap();
+        let logger = Logger::new(config, Box::new(io::sink())).unwrap();
         let record = Record::builder().target(target).level(level).build();
-        logger.matches(&record)
+        logger.env_logger.matches(&record)
     }
 
     fn line(thread: Option<&str>, level: Level, target: &str, args: fmt::Arguments) -> String {
@@ -268,7 +337,7 @@ mod tests {
     #[test]
     fn the_logger_writes_time_level_and_thread() {
         let out = Shared::default();
-        let logger = build_logger(&LogConfig::default(), Box::new(out.clone())).unwrap();
+        let logger = Logger::new(&LogConfig::default(), Box::new(out.clone())).unwrap();
         std::thread::Builder::new()
             .name("vcpu3".to_string())
             .spawn(move || {
@@ -311,7 +380,7 @@ mod tests {
                 Err(io::ErrorKind::BrokenPipe.into())
             }
         }
-        let logger = build_logger(&LogConfig::default(), Box::new(Broken)).unwrap();
+        let logger = Logger::new(&LogConfig::default(), Box::new(Broken)).unwrap();
         for _ in 0..2 {
             logger.log(
                 &Record::builder()
@@ -362,10 +431,66 @@ mod tests {
 
     #[test]
     fn a_bad_rust_log_is_refused_with_its_value() {
-        let Err(e) = build_logger(&config(None, Some("vmm=loud")), Box::new(io::sink())) else {
+        let Err(e) = Logger::new(&config(None, Some("vmm=loud")), Box::new(io::sink())) else {
             panic!("RUST_LOG=vmm=loud was accepted");
         };
         assert!(e.to_string().contains("vmm=loud"), "{e}");
+    }
+
+    #[test]
+    fn other_crates_warnings_are_logged_once_per_call_site() {
+        let out = Shared::default();
+        let logger = Logger::new(&config(None, Some("trace")), Box::new(out.clone())).unwrap();
+        let log = |target: &str, level: Level, line: u32, message: &str| {
+            logger.log(
+                &Record::builder()
+                    .target(target)
+                    .level(level)
+                    .file_static(Some("src/queue.rs"))
+                    .line(Some(line))
+                    .args(format_args!("{message}"))
+                    .build(),
+            );
+        };
+        for i in 0..3 {
+            log(
+                "virtio_queue::queue",
+                Level::Error,
+                368,
+                &format!("size {i}"),
+            );
+            log(
+                "virtio_queue::queue",
+                Level::Warn,
+                400,
+                &format!("ring {i}"),
+            );
+            log(
+                "virtio_queue::queue",
+                Level::Debug,
+                500,
+                &format!("debug {i}"),
+            );
+            log("vmm::api", Level::Error, 368, &format!("ours {i}"));
+        }
+        let messages: Vec<String> = out
+            .text()
+            .lines()
+            .map(|line| line.split_once(": ").unwrap().1.to_string())
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "size 0; later occurrences are not logged",
+                "ring 0; later occurrences are not logged",
+                "debug 0",
+                "ours 0",
+                "debug 1",
+                "ours 1",
+                "debug 2",
+                "ours 2",
+            ]
+        );
     }
 
     #[test]
