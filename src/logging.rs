@@ -102,6 +102,8 @@ impl Log for Logger {
             self.env_logger.log(record);
             return;
         }
+        // `log`'s macros always give a static file and a line; a record without them
+        // shares one site with the others like it.
         let site = (
             record.file_static().unwrap_or(""),
             record.line().unwrap_or(0),
