@@ -1,14 +1,24 @@
-//! The `vmm` command line: parses arguments, runs the VM (or the `ctl` client), and turns
-//! the outcome into one line on stderr and an exit status.
+//! The `vmm` command line: parses arguments, sets up logging, runs the VM (or the `ctl`
+//! client), and turns the outcome into one line on stderr and an exit status.
+//!
+//! That last line is the program's answer, not a log message: it is written plainly
+//! (`vmm: ...`), whatever the log level, as are usage errors. Everything logged while the VM
+//! runs goes through [`vmm::logging`]. Nothing here panics when stderr or stdout is closed
+//! or a pipe nobody reads: write errors are ignored, since there is nowhere left to report
+//! them.
 
+use std::fmt::Display;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use log::LevelFilter;
 
 use vmm::api::CtlArgs;
 use vmm::devices::virtio::balloon::BalloonConfig;
 use vmm::lifecycle::StopReason;
+use vmm::logging::LogConfig;
 use vmm::memory::MemoryBacking;
 use vmm::size::parse_size;
 use vmm::vmm::{VmConfig, DEFAULT_MEMORY};
@@ -63,12 +73,39 @@ struct RunArgs {
     /// Serve the JSON API on this Unix socket (mode 0600; removed when vmm exits).
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    /// Log messages of this level and above to stderr [default: warn]. Sets the level of
+    /// every module; module directives in RUST_LOG (virtio_queue=debug) still apply.
+    #[arg(long, value_name = "LEVEL", value_enum)]
+    log_level: Option<LogLevel>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum Backing {
     Anon,
     Memfd,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+    Off,
+}
+
+impl From<LogLevel> for LevelFilter {
+    fn from(level: LogLevel) -> LevelFilter {
+        match level {
+            LogLevel::Error => LevelFilter::Error,
+            LogLevel::Warn => LevelFilter::Warn,
+            LogLevel::Info => LevelFilter::Info,
+            LogLevel::Debug => LevelFilter::Debug,
+            LogLevel::Trace => LevelFilter::Trace,
+            LogLevel::Off => LevelFilter::Off,
+        }
+    }
 }
 
 fn parse_balloon_arg(text: &str) -> Result<BalloonConfig, String> {
@@ -109,8 +146,7 @@ fn clap_error(e: clap::Error) -> ExitCode {
                 .collect();
             let first = message.join(" ");
             let first = first.trim_start_matches("error: ");
-            eprintln!("vmm: {first} (see vmm --help)");
-            ExitCode::from(2)
+            fail(format_args!("vmm: {first} (see vmm --help)"), 2)
         }
     }
 }
@@ -119,18 +155,28 @@ fn run_ctl(args: &CtlArgs) -> ExitCode {
     let mut stdout = std::io::stdout();
     match vmm::api::run_ctl(args, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vmm ctl: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(format_args!("vmm ctl: {e}"), 1),
     }
 }
 
 fn run_vm(args: RunArgs) -> ExitCode {
     let Some(kernel) = args.kernel else {
-        eprintln!("vmm: --kernel is required (see vmm --help)");
-        return ExitCode::from(2);
+        return fail("vmm: --kernel is required (see vmm --help)", 2);
     };
+    let rust_log = match std::env::var("RUST_LOG") {
+        Ok(spec) => Some(spec),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return fail("vmm: RUST_LOG is not valid UTF-8", 2);
+        }
+    };
+    let log_config = LogConfig {
+        level: args.log_level.map(LevelFilter::from),
+        rust_log,
+    };
+    if let Err(e) = vmm::logging::init(&log_config, Box::new(io::stderr())) {
+        return fail(format_args!("vmm: {e}"), 2);
+    }
     let config = VmConfig {
         kernel,
         initrd: args.initrd,
@@ -147,14 +193,15 @@ fn run_vm(args: RunArgs) -> ExitCode {
     let outcome = vmm::vmm::run(config);
     vmm::terminal::restore();
     match outcome {
-        Ok(StopReason::Error(reason)) => {
-            eprintln!("vmm: {reason}");
-            ExitCode::FAILURE
-        }
+        Ok(StopReason::Error(reason)) => fail(format_args!("vmm: {reason}"), 1),
         Ok(reason) => ExitCode::from(reason.exit_code() as u8),
-        Err(e) => {
-            eprintln!("vmm: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(format_args!("vmm: {e}"), 1),
     }
+}
+
+/// Writes the one line that ends vmm on an error, and returns `status`.
+fn fail(line: impl Display, status: u8) -> ExitCode {
+    // Nowhere is left to report a failed write; the status still tells.
+    let _ = writeln!(io::stderr(), "{line}");
+    ExitCode::from(status)
 }

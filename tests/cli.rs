@@ -3,6 +3,11 @@
 
 mod common;
 
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus, Stdio};
+
 use vmm_sys_util::tempfile::TempFile;
 
 use common::{run_vmm, CLI_TIMEOUT};
@@ -86,5 +91,82 @@ fn malformed_mem_sizes_are_refused() {
             line.contains(bad) || line.to_lowercase().contains("mem"),
             "the error for --mem {bad} should name the value or the flag: {line:?}"
         );
+    }
+}
+
+/// The write end of a pipe whose read end is already closed: every write to it fails
+/// (EPIPE), as when vmm's output goes to a reader that has gone.
+fn broken_pipe() -> OwnedFd {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(ret, 0, "pipe2: {}", io::Error::last_os_error());
+    // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+    write_end
+}
+
+/// Runs vmm with `args` and `env`, its stdout and stderr going to pipes nobody reads.
+/// Every invocation here ends at once, so no timeout guards it.
+fn run_with_output_unread(args: &[&str], env: &[(&str, &str)]) -> ExitStatus {
+    Command::new(common::vmm_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(broken_pipe())
+        .stderr(broken_pipe())
+        .status()
+        .expect("run vmm")
+}
+
+/// Runs vmm with `args` and no stderr at all (`2>&-` through the shell).
+fn run_with_stderr_closed(args: &[&str]) -> ExitStatus {
+    Command::new("sh")
+        .args(["-c", "exec \"$0\" \"$@\" 2>&-"])
+        .arg(common::vmm_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("run sh")
+}
+
+#[test]
+fn refusals_keep_their_status_when_stderr_is_closed_or_unread() {
+    let junk = JunkFile::new();
+    let socket = std::env::temp_dir().join(format!("vmm-cli-none-{}.sock", common::unique_token()));
+    let socket = socket.to_str().expect("temp path is UTF-8");
+    // (arguments, RUST_LOG, the status vmm exits with when its stderr is read)
+    let cases: &[(&[&str], Option<&str>, i32)] = &[
+        (&["--kernel", junk.path(), "--mem", "lots"], None, 2),
+        (&["--kernel", junk.path()], Some("vmm=loud"), 2),
+        (&["--kernel", junk.path(), "--cpus", "0"], None, 1),
+        (&["--kernel", junk.path(), "--log-level", "trace"], None, 1),
+        (&["ctl", "--api-sock", socket, "vm", "info"], None, 1),
+        (&["--help"], None, 0),
+    ];
+    for &(args, rust_log, expected) in cases {
+        let env: Vec<(&str, &str)> = rust_log
+            .map(|spec| ("RUST_LOG", spec))
+            .into_iter()
+            .collect();
+        let unread = run_with_output_unread(args, &env);
+        assert_eq!(
+            (unread.code(), unread.signal()),
+            (Some(expected), None),
+            "`vmm {}` with its output unread",
+            args.join(" ")
+        );
+        if rust_log.is_none() {
+            let closed = run_with_stderr_closed(args);
+            assert_eq!(
+                (closed.code(), closed.signal()),
+                (Some(expected), None),
+                "`vmm {}` with stderr closed",
+                args.join(" ")
+            );
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! A connection never blocks: it reads what is there, answers every complete request in
 //! order (several may arrive in one read: pipelining), and writes what the socket takes.
 //! Bytes of a request still on their way stay in the buffer until the rest arrives.
+//! Every answer that refuses a request is logged once, as it is queued ([`log_refusal`]).
 
 use std::io::{self, Read, Write};
 use std::ops::Range;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::EventSet;
 
 use super::routes::{self, RequestBody, Response};
+use super::types::Fault;
 use super::VmControl;
 
 /// Headers a request may carry.
@@ -193,6 +195,7 @@ impl Connection {
                             400,
                             "the connection was closed in the middle of a request",
                         );
+                        log_refusal(request_line(&self.input), &response);
                         self.answer_and_close(&response, false);
                     } else if expects_continue && !self.continue_sent {
                         self.output.extend_from_slice(CONTINUE);
@@ -200,7 +203,10 @@ impl Connection {
                     }
                     return false;
                 }
-                Framing::Refused(response) => self.answer_and_close(&response, false),
+                Framing::Refused(response) => {
+                    log_refusal(request_line(&self.input), &response);
+                    self.answer_and_close(&response, false);
+                }
                 Framing::Complete(request) => {
                     let body = match &request.body {
                         None => RequestBody::Absent,
@@ -212,6 +218,7 @@ impl Connection {
                     .unwrap_or_else(|_| {
                         Response::fault(500, "the VMM failed while answering this request")
                     });
+                    log_refusal(Some((&request.method, &request.target)), &response);
                     let head_only = request.method == "HEAD";
                     if request.keep_alive && !response.close {
                         self.output
@@ -373,6 +380,43 @@ fn frame_request(input: &[u8], limits: &ServerLimits) -> Framing {
     })
 }
 
+/// The method and target of a request, as far as its first line could be read.
+fn request_line(input: &[u8]) -> Option<(&str, &str)> {
+    // No room for headers: parsing stops after the request line, which is all this needs.
+    let mut request = httparse::Request::new(&mut []);
+    let _ = request.parse(input);
+    Some((request.method?, request.path?))
+}
+
+/// Logs an answer that refuses a request (status 400 and above), with the request's method
+/// and target when they are known: a client's mistake as a warning, the VMM's as an error.
+/// Called once for each answer, as it is queued.
+pub(super) fn log_refusal(request: Option<(&str, &str)>, response: &Response) {
+    if response.status < 400 {
+        return;
+    }
+    let level = if response.status >= 500 {
+        log::Level::Error
+    } else {
+        log::Level::Warn
+    };
+    let request = match request {
+        Some((method, target)) => format!("API request {method} {target}"),
+        None => "API request".to_string(),
+    };
+    let body = response.body.as_deref().unwrap_or_default();
+    let fault = match serde_json::from_str::<Fault>(body) {
+        Ok(fault) => fault.fault_message,
+        Err(_) => body.to_string(),
+    };
+    log::log!(
+        level,
+        "{request} refused with {} {}: {fault}",
+        response.status,
+        reason(response.status)
+    );
+}
+
 /// The bytes of an answer. `head_only`: the body is left out (an answer to HEAD).
 pub fn encode(response: &Response, close: bool, head_only: bool) -> Vec<u8> {
     let mut head = format!(
@@ -489,6 +533,20 @@ mod tests {
             413
         );
         assert_eq!(status("GARBAGE\0\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn reads_the_request_line_of_a_refused_request() {
+        fn line(input: &str) -> Option<(&str, &str)> {
+            request_line(input.as_bytes())
+        }
+        assert_eq!(
+            line("PATCH /balloon HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            Some(("PATCH", "/balloon"))
+        );
+        assert_eq!(line("GET /vm HTTP/1.1\r\nHost: x"), Some(("GET", "/vm")));
+        assert_eq!(line("GET /v"), None);
+        assert_eq!(line("GARBAGE\0\r\n\r\n"), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::connection::{encode, Connection, ServerLimits};
+use super::connection::{encode, log_refusal, Connection, ServerLimits};
 use super::routes::Response;
 use super::socket::{self, SocketFile};
 use super::{ApiError, VmControl};
@@ -135,7 +135,7 @@ impl EventLoop {
 
     fn run(mut self) {
         if let Err(e) = self.serve() {
-            eprintln!("vmm: the API server stopped: {e}");
+            log::error!("the API server stopped: {e}");
         }
         // Answers already made (such as the 204 to a shutdown) go out before closing.
         let now = Instant::now();
@@ -195,7 +195,7 @@ impl EventLoop {
                         io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
                     ) => {}
                 Err(e) => {
-                    eprintln!("vmm: the API server cannot accept a connection: {e}");
+                    log::warn!("the API server cannot accept a connection: {e}");
                     self.pause_accepting(now);
                     return;
                 }
@@ -222,6 +222,7 @@ impl EventLoop {
                     self.limits.max_connections
                 ),
             );
+            log_refusal(None, &response);
             // Best effort: the answer fits an empty socket buffer.
             let _ = (&stream).write(&encode(&response, true, false));
             return;

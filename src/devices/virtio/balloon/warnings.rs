@@ -2,9 +2,11 @@
 //!
 //! A guest can repeat a fault as fast as it can notify; logging each one would let it fill
 //! the host's log. Each kind is logged the first time it happens on a device and counted
-//! afterwards. (Private to the balloon until the VMM has one logging module.)
+//! afterwards, with the VMM's one mechanism for that, [`WarningCounter`].
 
 use std::fmt::Display;
+
+use crate::logging::WarningCounter;
 
 /// Something the guest (or a caller) did wrong that the device skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,26 +122,22 @@ impl Warning {
 /// Which warnings a device has logged, and how often each happened.
 #[derive(Debug, Default)]
 pub(super) struct Warnings {
-    counts: [u64; Warning::ALL.len()],
+    counters: [WarningCounter; Warning::ALL.len()],
 }
 
 impl Warnings {
     /// Records `warning`; logs it with `detail` the first time only.
     pub(super) fn warn(&mut self, warning: Warning, detail: impl Display) {
-        let count = &mut self.counts[warning.index()];
-        if *count == 0 {
-            eprintln!(
-                "vmm: virtio-balloon: {} ({detail}); later occurrences are not logged",
-                warning.sentence()
-            );
-        }
-        *count = count.saturating_add(1);
+        self.counters[warning.index()].warn(
+            module_path!(),
+            format_args!("virtio-balloon: {} ({detail})", warning.sentence()),
+        );
     }
 
     /// How often `warning` happened.
     #[cfg(test)]
     pub(super) fn count(&self, warning: Warning) -> u64 {
-        self.counts[warning.index()]
+        self.counters[warning.index()].count()
     }
 }
 
