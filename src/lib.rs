@@ -4,6 +4,7 @@
 //! is only the command line on top of it. A map of the modules:
 //!
 //! - [`size`]: sizes as users write them (`512M`, `2GiB`, plain bytes).
+//! - [`sync`]: the lock helper every shared device and state goes through.
 //! - [`memory`]: guest RAM, its backing, and giving pages back to the host.
 //! - [`arch`]: x86_64 boot: memory map, boot params, e820, ACPI, MP table, registers, CPUID.
 //! - [`devices`]: serial, i8042, the port/MMIO buses, virtio-mmio and the balloon.
@@ -19,6 +20,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod memory;
 pub mod size;
+pub mod sync;
 pub mod terminal;
 pub mod vcpu;
 pub mod vmm;

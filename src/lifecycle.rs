@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::legacy::{PowerEvent, PowerEventHandler};
+use crate::sync::lock;
 
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +62,7 @@ impl Lifecycle {
     /// Asks the VM to stop. Only the first reason is kept.
     pub fn request_stop(&self, reason: StopReason) {
         {
-            let mut slot = crate::devices::bus::lock(&self.reason);
+            let mut slot = lock(&self.reason);
             if slot.is_none() {
                 *slot = Some(reason);
             }
@@ -76,7 +77,7 @@ impl Lifecycle {
 
     /// The reason the VM stopped, once it did.
     pub fn reason(&self) -> Option<StopReason> {
-        crate::devices::bus::lock(&self.reason).clone()
+        lock(&self.reason).clone()
     }
 
     /// Readable once a stop was requested.

@@ -6,8 +6,8 @@
 use std::sync::{Arc, Mutex};
 
 use super::{Balloon, BalloonControl, BalloonError, BalloonInfo, BalloonStatistics, HintingStatus};
-use crate::devices::bus::lock;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::sync::lock;
 
 /// A running balloon, shared with the MMIO bus and the event loop.
 #[derive(Clone)]
