@@ -78,8 +78,6 @@ pub const I8042_PORT_SIZE: u16 = 5;
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
 /// Hardware-reduced ACPI sleep status register (FADT `SLEEP_STATUS_REG`), one byte.
 pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
-/// The `SLP_TYP` value the DSDT's `\_S5_` package announces; written with `SLP_EN` for power-off.
-pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
 
 /// Base address and GSI of the `index`-th virtio-mmio device.
 pub fn virtio_mmio_slot(index: u32) -> (u64, u32) {

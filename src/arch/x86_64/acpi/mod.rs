@@ -12,9 +12,10 @@
 //! - DSDT, with `\_S5_` (so Linux can power off), COM1, and one `LNRO0005` device per
 //!   virtio-mmio window (the only way a stock Debian kernel finds them).
 //!
-//! The sleep control register format lives here too ([`decode_sleep_control`]), so that
-//! the port device that implements it and the `\_S5_` package announced here cannot
-//! drift apart.
+//! The sleep control register's format, and the `SLP_TYP` value that means S5, come from
+//! the port device that implements the register
+//! ([`crate::devices::legacy::acpi_power`]), so that the `\_S5_` package announced here
+//! and the device cannot drift apart.
 
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -27,6 +28,7 @@ use acpi_tables::{Aml, AmlSink};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{self, MmioDeviceInfo};
+use crate::devices::legacy::acpi_power::S5_SLEEP_TYPE;
 use crate::memory::{self, GuestMemoryMmap};
 
 /// The OEM ID in every table header.
@@ -85,47 +87,6 @@ const MADT_LAPIC_ADDR_OFFSET: usize = 36;
 const MADT_FLAGS_OFFSET: usize = 40;
 const MADT_HEADER_LEN: u32 = 44;
 const SDT_HEADER_LEN: u32 = 36;
-
-// The hardware-reduced sleep control and status registers (ACPI 6.5 §4.8.3.7-8), as
-// ACPICA's `acpi_hw_extended_sleep` uses them: it writes WAK_STS to the status register,
-// then `(SLP_TYP << 2) & 0x1c | SLP_EN` to the control register.
-/// `SLP_EN` in the sleep control register: enter the state in `SLP_TYP`.
-pub const SLEEP_CONTROL_SLP_EN: u8 = 1 << 5;
-/// `SLP_TYP` occupies bits 2-4 of the sleep control register.
-pub const SLEEP_CONTROL_SLP_TYP_SHIFT: u8 = 2;
-pub const SLEEP_CONTROL_SLP_TYP_MASK: u8 = 0b111 << SLEEP_CONTROL_SLP_TYP_SHIFT;
-/// `WAK_STS` in the sleep status register; the guest writes it (write-1-to-clear) before
-/// it sleeps. Reading the status register as 0 is correct for a machine that never wakes.
-pub const SLEEP_STATUS_WAK_STS: u8 = 1 << 7;
-
-const _: () = assert!(
-    layout::ACPI_S5_SLEEP_TYPE <= SLEEP_CONTROL_SLP_TYP_MASK >> SLEEP_CONTROL_SLP_TYP_SHIFT,
-    "the S5 sleep type must fit in the 3-bit SLP_TYP field"
-);
-
-/// A sleep state the guest asked for through the sleep control register.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SleepState {
-    /// S5, soft off: the guest has shut down and the VM should stop.
-    SoftOff,
-}
-
-/// The byte a guest writes to the sleep control register to enter the sleep state whose
-/// `\_Sx` package announces `slp_typ`.
-pub const fn sleep_control_value(slp_typ: u8) -> u8 {
-    ((slp_typ << SLEEP_CONTROL_SLP_TYP_SHIFT) & SLEEP_CONTROL_SLP_TYP_MASK) | SLEEP_CONTROL_SLP_EN
-}
-
-/// What a write of `value` to the sleep control register (`layout::ACPI_SLEEP_CONTROL_PORT`)
-/// asks for: `Some` only if `SLP_EN` is set and `SLP_TYP` is a state the DSDT announces.
-/// Reserved bits are ignored, as the specification asks.
-pub fn decode_sleep_control(value: u8) -> Option<SleepState> {
-    if value & SLEEP_CONTROL_SLP_EN == 0 {
-        return None;
-    }
-    let slp_typ = (value & SLEEP_CONTROL_SLP_TYP_MASK) >> SLEEP_CONTROL_SLP_TYP_SHIFT;
-    (slp_typ == layout::ACPI_S5_SLEEP_TYPE).then_some(SleepState::SoftOff)
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AcpiError {
@@ -347,7 +308,7 @@ fn create_xsdt(entries: &[u64]) -> Vec<u8> {
 /// The DSDT:
 ///
 /// ```text
-/// Name (\_S5, Package { ACPI_S5_SLEEP_TYPE, 0, 0, 0 })
+/// Name (\_S5, Package { S5_SLEEP_TYPE, 0, 0, 0 })
 /// Scope (\_SB) {
 ///     Device (COM1) { _HID EisaId("PNP0501"), _UID 0,
 ///                     _CRS { IO (Decode16, 0x3f8, 0x3f8, 0, 8), Interrupt (..) { 4 } } }
@@ -373,7 +334,7 @@ fn create_dsdt(devices: &[MmioDeviceInfo]) -> Result<Vec<u8>, AcpiError> {
         OEM_REVISION,
     );
 
-    let s5_type = layout::ACPI_S5_SLEEP_TYPE;
+    let s5_type = S5_SLEEP_TYPE;
     let s5 = aml::Package::new(vec![&s5_type, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
     dsdt.append_slice(&aml_bytes(&aml::Name::new("\\_S5_".into(), &s5)));
 

@@ -7,6 +7,9 @@ use super::aml_reader::{
     EDGE_HIGH_EXCLUSIVE_CONSUMER,
 };
 use super::*;
+use crate::devices::legacy::acpi_power::{
+    decode_sleep_control, sleep_control_value, SleepState, S5_SLEEP_TYPE,
+};
 use crate::memory::{create_guest_memory, MemoryBacking};
 
 const MIB: u64 = 1 << 20;
@@ -251,7 +254,7 @@ fn dsdt_has_s5_matching_the_sleep_control_decoder() {
     assert_eq!(
         s5,
         &vec![
-            AmlValue::Int(u64::from(layout::ACPI_S5_SLEEP_TYPE)),
+            AmlValue::Int(u64::from(S5_SLEEP_TYPE)),
             AmlValue::Int(0),
             AmlValue::Int(0),
             AmlValue::Int(0)
@@ -264,7 +267,7 @@ fn dsdt_has_s5_matching_the_sleep_control_decoder() {
     };
     let written = ((slp_typ as u8) << 2) & 0x1c | 0x20;
     assert_eq!(decode_sleep_control(written), Some(SleepState::SoftOff));
-    assert_eq!(written, sleep_control_value(layout::ACPI_S5_SLEEP_TYPE));
+    assert_eq!(written, sleep_control_value(S5_SLEEP_TYPE));
 }
 
 #[test]
@@ -426,27 +429,6 @@ fn acpi_area_outside_ram_is_refused() {
         create_acpi_tables(&mem, 1, &[]),
         Err(AcpiError::NotInRam { .. })
     ));
-}
-
-#[test]
-fn sleep_control_decoding() {
-    let s5 = sleep_control_value(layout::ACPI_S5_SLEEP_TYPE);
-    assert_eq!(s5, (layout::ACPI_S5_SLEEP_TYPE << 2) | 0x20);
-    assert_eq!(decode_sleep_control(s5), Some(SleepState::SoftOff));
-    // Reserved bits 0-1 and 6-7 are ignored.
-    assert_eq!(decode_sleep_control(s5 | 0xc3), Some(SleepState::SoftOff));
-    // SLP_TYP without SLP_EN does nothing.
-    assert_eq!(decode_sleep_control(s5 & !SLEEP_CONTROL_SLP_EN), None);
-    // The WAK_STS clear that precedes the sleep (written to the status register, but
-    // harmless here too) and sleep types the DSDT does not announce are not S5.
-    assert_eq!(decode_sleep_control(SLEEP_STATUS_WAK_STS), None);
-    for typ in (0..8).filter(|&t| t != layout::ACPI_S5_SLEEP_TYPE) {
-        assert_eq!(
-            decode_sleep_control(sleep_control_value(typ)),
-            None,
-            "type {typ}"
-        );
-    }
 }
 
 #[test]
