@@ -199,9 +199,8 @@ pub fn largest_region(mem: &GuestMemoryMmap) -> GuestUsize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::size::MIB;
     use vm_memory::Bytes;
-
-    const MIB: u64 = 1 << 20;
 
     fn touch(mem: &GuestMemoryMmap, addr: u64, len: u64) {
         let data = vec![0xa5u8; len as usize];

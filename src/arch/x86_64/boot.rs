@@ -331,9 +331,8 @@ fn build_boot_params(
 mod tests {
     use super::*;
     use crate::memory::{create_guest_memory, MemoryBacking};
+    use crate::size::MIB;
     use std::io::Write;
-
-    const MIB: u64 = 1 << 20;
 
     /// A minimal file that passes as a bzImage: a setup header with the fields the loader
     /// checks, followed by a few bytes of "kernel".

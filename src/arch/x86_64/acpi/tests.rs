@@ -11,8 +11,7 @@ use crate::devices::legacy::acpi_power::{
     decode_sleep_control, sleep_control_value, SleepState, S5_SLEEP_TYPE,
 };
 use crate::memory::{create_guest_memory, MemoryBacking};
-
-const MIB: u64 = 1 << 20;
+use crate::size::MIB;
 
 fn guest_memory() -> GuestMemoryMmap {
     create_guest_memory(16 * MIB, MemoryBacking::Anonymous).unwrap()
