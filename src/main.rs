@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use vmm::api::CtlArgs;
+use vmm::config::{VmConfig, DEFAULT_MEMORY};
 use vmm::devices::virtio::balloon::BalloonConfig;
 use vmm::lifecycle::StopReason;
 use vmm::memory::MemoryBacking;
 use vmm::size::parse_size;
-use vmm::vmm::{VmConfig, DEFAULT_MEMORY};
 
 /// A small KVM virtual machine monitor built around a complete virtio memory balloon.
 #[derive(Parser, Debug)]
