@@ -118,12 +118,16 @@ pub fn create_vm(vcpus: u8) -> Result<(Kvm, VmFd), BuildError> {
     Ok((kvm, vm_fd))
 }
 
-/// Maps `size` bytes of guest RAM, backed as `backing` says.
+/// Maps `size` bytes of guest RAM, backed as `backing` says, in the regions the memory
+/// map gives a guest of that size (RAM skips the MMIO hole below 4 GiB).
 pub fn create_guest_memory(
     size: u64,
     backing: MemoryBacking,
 ) -> Result<GuestMemoryMmap, BuildError> {
-    Ok(memory::create_guest_memory(size, backing)?)
+    Ok(memory::create_guest_memory(
+        &layout::ram_regions(size),
+        backing,
+    )?)
 }
 
 /// Gives KVM every region of `mem`, one memory slot each.
@@ -318,6 +322,32 @@ pub fn create_vcpus(setup: &VcpuSetup<'_>) -> Result<Vec<Vcpu>, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::{largest_region, ram_size, range_in_ram};
+    use vm_memory::GuestAddress;
+
+    #[test]
+    fn large_guests_span_the_mmio_hole() {
+        // Only the address space is reserved (MAP_NORESERVE); nothing is touched.
+        let mem = create_guest_memory(5 << 30, MemoryBacking::Anonymous).unwrap();
+        assert_eq!(ram_size(&mem), 5 << 30);
+        assert!(range_in_ram(
+            &mem,
+            GuestAddress(layout::MMIO_GAP_START - 4096),
+            4096
+        ));
+        assert!(!range_in_ram(
+            &mem,
+            GuestAddress(layout::MMIO_GAP_START),
+            4096
+        ));
+        assert!(!range_in_ram(
+            &mem,
+            GuestAddress(layout::MMIO_GAP_START - 4096),
+            8192
+        ));
+        assert!(range_in_ram(&mem, GuestAddress(1 << 32), 4096));
+        assert_eq!(largest_region(&mem), layout::MMIO_GAP_START);
+    }
 
     #[test]
     fn command_line_starts_with_the_base_and_ends_with_the_user_part() {

@@ -378,7 +378,8 @@ mod tests {
 
     #[test]
     fn loads_a_64bit_bzimage_at_1mib() {
-        let mem = create_guest_memory(64 * MIB, MemoryBacking::Anonymous).unwrap();
+        let mem =
+            create_guest_memory(&layout::ram_regions(64 * MIB), MemoryBacking::Anonymous).unwrap();
         let image = fake_bzimage(XLF_KERNEL_64, 0x020f);
         let kernel = load_kernel(&mem, &image.0).unwrap();
         assert_eq!(kernel.load_addr, layout::HIMEM_START);
@@ -390,7 +391,8 @@ mod tests {
 
     #[test]
     fn refuses_files_that_are_not_64bit_bzimages() {
-        let mem = create_guest_memory(64 * MIB, MemoryBacking::Anonymous).unwrap();
+        let mem =
+            create_guest_memory(&layout::ram_regions(64 * MIB), MemoryBacking::Anonymous).unwrap();
         let text = tempfile_like::TempFile::with_contents(b"#!/bin/sh\necho not a kernel\n");
         let err = load_kernel(&mem, &text.0).unwrap_err();
         assert!(matches!(err, BootError::NotBzImage { .. }), "{err}");
@@ -419,7 +421,8 @@ mod tests {
 
     #[test]
     fn initrd_goes_high_and_too_large_is_refused() {
-        let mem = create_guest_memory(64 * MIB, MemoryBacking::Anonymous).unwrap();
+        let mem =
+            create_guest_memory(&layout::ram_regions(64 * MIB), MemoryBacking::Anonymous).unwrap();
         let image = fake_bzimage(XLF_KERNEL_64, 0x020f);
         let kernel = load_kernel(&mem, &image.0).unwrap();
         let initrd = tempfile_like::TempFile::with_contents(&vec![0x5a; 10_000]);
@@ -438,7 +441,8 @@ mod tests {
 
     #[test]
     fn e820_has_a_hole_for_mmio_and_ram_above_4g() {
-        let mem = create_guest_memory(5 << 30, MemoryBacking::Anonymous).unwrap();
+        let mem =
+            create_guest_memory(&layout::ram_regions(5 << 30), MemoryBacking::Anonymous).unwrap();
         let map = e820_map(&mem);
         let ram: Vec<_> = map.iter().filter(|e| e.kind == E820_RAM).collect();
         assert_eq!(ram[0].addr, 0);
@@ -460,7 +464,8 @@ mod tests {
 
     #[test]
     fn boot_params_carry_cmdline_initrd_rsdp_and_e820() {
-        let mem = create_guest_memory(64 * MIB, MemoryBacking::Anonymous).unwrap();
+        let mem =
+            create_guest_memory(&layout::ram_regions(64 * MIB), MemoryBacking::Anonymous).unwrap();
         let image = fake_bzimage(XLF_KERNEL_64, 0x020f);
         let kernel = load_kernel(&mem, &image.0).unwrap();
         write_cmdline(&mem, "console=ttyS0").unwrap();
@@ -491,7 +496,8 @@ mod tests {
 
     #[test]
     fn command_line_limits() {
-        let mem = create_guest_memory(64 * MIB, MemoryBacking::Anonymous).unwrap();
+        let mem =
+            create_guest_memory(&layout::ram_regions(64 * MIB), MemoryBacking::Anonymous).unwrap();
         let long = "x".repeat(layout::CMDLINE_MAX_SIZE);
         assert!(matches!(
             write_cmdline(&mem, &long),

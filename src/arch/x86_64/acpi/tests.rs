@@ -14,7 +14,7 @@ use crate::memory::{create_guest_memory, MemoryBacking};
 use crate::size::MIB;
 
 fn guest_memory() -> GuestMemoryMmap {
-    create_guest_memory(16 * MIB, MemoryBacking::Anonymous).unwrap()
+    create_guest_memory(&layout::ram_regions(16 * MIB), MemoryBacking::Anonymous).unwrap()
 }
 
 fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
@@ -423,7 +423,8 @@ fn devices_acpi_cannot_describe_are_refused() {
 #[test]
 fn acpi_area_outside_ram_is_refused() {
     // 512 KiB of RAM ends below the ACPI area.
-    let mem = create_guest_memory(512 << 10, MemoryBacking::Anonymous).unwrap();
+    let mem =
+        create_guest_memory(&layout::ram_regions(512 << 10), MemoryBacking::Anonymous).unwrap();
     assert!(matches!(
         create_acpi_tables(&mem, 1, &[]),
         Err(AcpiError::NotInRam { .. })

@@ -70,7 +70,11 @@ mod tests {
     }
 
     fn handle(config: &str) -> BalloonHandle {
-        let mem = create_guest_memory(64 << 20, MemoryBacking::Anonymous).unwrap();
+        let mem = create_guest_memory(
+            &[(vm_memory::GuestAddress(0), 64 << 20)],
+            MemoryBacking::Anonymous,
+        )
+        .unwrap();
         let balloon = Balloon::new(config.parse::<BalloonConfig>().unwrap(), 64 << 20).unwrap();
         let transport = MmioTransport::new(balloon, mem, Arc::new(NoIrq)).unwrap();
         BalloonHandle::new(Arc::new(Mutex::new(transport)))
