@@ -19,6 +19,7 @@ use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::boot::{self, BootError, LoadedKernel};
+use crate::arch::x86_64::cmdline::{self, CmdlineError};
 use crate::arch::x86_64::{acpi, layout, mptable};
 use crate::config::VmConfig;
 use crate::console::ConsoleInput;
@@ -34,10 +35,6 @@ use crate::lifecycle::Lifecycle;
 use crate::memory::{self, GuestMemoryMmap, MemoryBacking, MemoryError};
 use crate::vcpu::{self, Vcpu, VcpuError, VcpuSetup};
 
-/// The command line every guest gets, before what the user adds: the console on COM1,
-/// reboot through the i8042 (which ends vmm), a panic reboots after 1 s, no PCI bus to
-/// probe.
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 /// Where KVM keeps the TSS for real-mode emulation: three pages just below the BIOS
 /// area, out of the way of RAM (which ends at 3 GiB) and of the MMIO devices.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -62,6 +59,8 @@ pub enum BuildError {
     NoHostMapping { addr: u64 },
     #[error(transparent)]
     Boot(#[from] BootError),
+    #[error(transparent)]
+    Cmdline(#[from] CmdlineError),
     #[error("cannot build the ACPI tables: {0}")]
     Acpi(#[from] acpi::AcpiError),
     #[error("cannot build the MP table: {0}")]
@@ -276,33 +275,16 @@ pub fn configure_boot(
         .as_deref()
         .map(|path| boot::load_initrd(mem, &kernel, path))
         .transpose()?;
-    let cmdline = kernel_cmdline(config.cmdline_extra.as_deref(), mmio_devices);
-    boot::write_cmdline(mem, &cmdline)?;
+    let cmdline = cmdline::kernel_cmdline(config.cmdline_extra.as_deref(), mmio_devices)?;
+    let cmdline_len = boot::write_cmdline(mem, &cmdline)?;
     let rsdp = acpi::create_acpi_tables(mem, config.vcpus, mmio_devices)?;
     // The MP table is for kernels without ACPI; it has room for only so many CPUs,
     // and kernels that can use more read the MADT.
     if config.vcpus <= mptable::MAX_CPUS {
         mptable::setup_mptable(mem, config.vcpus, mmio_devices)?;
     }
-    boot::write_boot_params(mem, &kernel, cmdline.len(), initrd, Some(rsdp))?;
+    boot::write_boot_params(mem, &kernel, cmdline_len, initrd, Some(rsdp))?;
     Ok(kernel)
-}
-
-/// The full kernel command line: [`BASE_CMDLINE`], a `virtio_mmio.device=` entry per
-/// device, then `extra`.
-pub fn kernel_cmdline(extra: Option<&str>, mmio_devices: &[layout::MmioDeviceInfo]) -> String {
-    let mut cmdline = String::from(BASE_CMDLINE);
-    for device in mmio_devices {
-        cmdline.push(' ');
-        cmdline.push_str(&device.cmdline_entry());
-    }
-    if let Some(extra) = extra.map(str::trim) {
-        if !extra.is_empty() {
-            cmdline.push(' ');
-            cmdline.push_str(extra);
-        }
-    }
-    cmdline
 }
 
 /// The CPUID entries KVM supports on this host, which each vCPU's CPUID is made from.
@@ -347,15 +329,5 @@ mod tests {
         ));
         assert!(range_in_ram(&mem, GuestAddress(1 << 32), 4096));
         assert_eq!(largest_region(&mem), layout::MMIO_GAP_START);
-    }
-
-    #[test]
-    fn command_line_starts_with_the_base_and_ends_with_the_user_part() {
-        let devices = [layout::MmioDeviceInfo::slot(0)];
-        assert_eq!(
-            kernel_cmdline(Some(" init=/bin/sh "), &devices),
-            "console=ttyS0 reboot=k panic=1 pci=off virtio_mmio.device=4K@0xd0000000:5 init=/bin/sh"
-        );
-        assert_eq!(kernel_cmdline(None, &[]), BASE_CMDLINE);
     }
 }

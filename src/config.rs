@@ -18,7 +18,7 @@ pub const DEFAULT_MEMORY: u64 = 512 * MIB;
 pub struct VmConfig {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
-    /// Appended to [`BASE_CMDLINE`](crate::builder::BASE_CMDLINE).
+    /// Appended to [`BASE_CMDLINE`](crate::arch::x86_64::cmdline::BASE_CMDLINE).
     pub cmdline_extra: Option<String>,
     pub mem_size: u64,
     pub mem_backing: MemoryBacking,
