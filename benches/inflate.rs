@@ -142,7 +142,8 @@ fn pages_per_second(d: Duration) -> f64 {
 }
 
 fn main() {
-    let mem = create_guest_memory(GUEST_MEM, MemoryBacking::Anonymous).unwrap();
+    let mem =
+        create_guest_memory(&[(GuestAddress(0), GUEST_MEM)], MemoryBacking::Anonymous).unwrap();
     let inflate = MockSplitQueue::create(&mem, INFLATE_QUEUE, QUEUE_SIZE);
     let deflate = MockSplitQueue::create(&mem, DEFLATE_QUEUE, QUEUE_SIZE);
     let mut balloon = Balloon::new(BalloonConfig::default(), GUEST_MEM).unwrap();

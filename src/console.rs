@@ -13,8 +13,8 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::bus::lock;
 use crate::devices::legacy::serial::SerialConsole;
+use crate::sync::lock;
 
 /// The stdin → serial forwarder.
 pub struct ConsoleInput<W: Write + Send> {

@@ -16,12 +16,12 @@ use clap::{Parser, Subcommand};
 use log::LevelFilter;
 
 use vmm::api::CtlArgs;
+use vmm::config::{VmConfig, DEFAULT_MEMORY};
 use vmm::devices::virtio::balloon::BalloonConfig;
 use vmm::lifecycle::StopReason;
 use vmm::logging::LogConfig;
 use vmm::memory::MemoryBacking;
 use vmm::size::parse_size;
-use vmm::vmm::{VmConfig, DEFAULT_MEMORY};
 
 /// A small KVM virtual machine monitor built around a complete virtio memory balloon.
 #[derive(Parser, Debug)]

@@ -14,8 +14,6 @@ use vm_memory::{
     Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestUsize,
 };
 
-use crate::arch::x86_64::layout;
-
 /// Guest RAM as every part of the VMM sees it.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 
@@ -45,12 +43,15 @@ pub enum DiscardError {
     Os { addr: u64, len: u64, errno: String },
 }
 
-/// Maps `size` bytes of guest RAM laid out as [`layout::ram_regions`] says.
+/// Maps guest RAM as `regions`, each a guest physical address and a length in bytes. The
+/// caller decides the layout (the builder asks the architecture's memory map). With a
+/// memfd, one file backs every region, each at the file offset where the previous one
+/// ended.
 pub fn create_guest_memory(
-    size: u64,
+    regions: &[(GuestAddress, u64)],
     backing: MemoryBacking,
 ) -> Result<GuestMemoryMmap, MemoryError> {
-    let regions = layout::ram_regions(size);
+    let size: u64 = regions.iter().map(|&(_, len)| len).sum();
     let result = match backing {
         MemoryBacking::Anonymous => {
             let ranges: Vec<(GuestAddress, usize)> =
@@ -199,9 +200,8 @@ pub fn largest_region(mem: &GuestMemoryMmap) -> GuestUsize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::size::MIB;
     use vm_memory::Bytes;
-
-    const MIB: u64 = 1 << 20;
 
     fn touch(mem: &GuestMemoryMmap, addr: u64, len: u64) {
         let data = vec![0xa5u8; len as usize];
@@ -209,7 +209,7 @@ mod tests {
     }
 
     fn discard_returns_zeros_and_frees(backing: MemoryBacking) {
-        let mem = create_guest_memory(16 * MIB, backing).unwrap();
+        let mem = create_guest_memory(&[(GuestAddress(0), 16 * MIB)], backing).unwrap();
         touch(&mem, 0, 16 * MIB);
         let before = resident_bytes(&mem);
         assert!(before >= 16 * MIB - 4096, "resident before: {before}");
@@ -241,7 +241,8 @@ mod tests {
 
     #[test]
     fn discard_refuses_ranges_outside_ram() {
-        let mem = create_guest_memory(16 * MIB, MemoryBacking::Anonymous).unwrap();
+        let mem =
+            create_guest_memory(&[(GuestAddress(0), 16 * MIB)], MemoryBacking::Anonymous).unwrap();
         let err = discard_range(&mem, GuestAddress(16 * MIB), 4096).unwrap_err();
         assert_eq!(
             err,
@@ -256,26 +257,26 @@ mod tests {
     }
 
     #[test]
-    fn large_guests_span_the_mmio_hole() {
-        // Only the address space is reserved (MAP_NORESERVE); nothing is touched.
-        let mem = create_guest_memory(5 << 30, MemoryBacking::Anonymous).unwrap();
-        assert_eq!(ram_size(&mem), 5 << 30);
-        assert!(range_in_ram(
-            &mem,
-            GuestAddress(layout::MMIO_GAP_START - 4096),
-            4096
-        ));
-        assert!(!range_in_ram(
-            &mem,
-            GuestAddress(layout::MMIO_GAP_START),
-            4096
-        ));
-        assert!(!range_in_ram(
-            &mem,
-            GuestAddress(layout::MMIO_GAP_START - 4096),
-            8192
-        ));
-        assert!(range_in_ram(&mem, GuestAddress(1 << 32), 4096));
-        assert_eq!(largest_region(&mem), layout::MMIO_GAP_START);
+    fn memfd_regions_follow_each_other_in_the_file() {
+        let regions = [
+            (GuestAddress(0), 4 * MIB),
+            (GuestAddress(16 * MIB), 4 * MIB),
+        ];
+        let mem = create_guest_memory(&regions, MemoryBacking::Memfd).unwrap();
+        assert_eq!(ram_size(&mem), 8 * MIB);
+        let offsets: Vec<u64> = mem
+            .iter()
+            .map(|r| r.file_offset().unwrap().start())
+            .collect();
+        assert_eq!(offsets, vec![0, 4 * MIB]);
+        touch(&mem, 0, 4 * MIB);
+        touch(&mem, 16 * MIB, 4 * MIB);
+        // A hole punched in the second region leaves the first one's pages alone.
+        discard_range(&mem, GuestAddress(16 * MIB), 4 * MIB).unwrap();
+        let mut buf = [0u8; 4096];
+        mem.read_slice(&mut buf, GuestAddress(0)).unwrap();
+        assert!(buf.iter().all(|&b| b == 0xa5));
+        mem.read_slice(&mut buf, GuestAddress(16 * MIB)).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
     }
 }

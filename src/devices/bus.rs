@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::sync::lock;
+
 /// A device reachable through port I/O or MMIO.
 pub trait BusDevice: Send {
     /// Fills `data` from the register at `offset` into the device's range.
@@ -101,15 +103,6 @@ impl Bus {
             None => false,
         }
     }
-}
-
-/// Locks a device, carrying on with its state if another thread panicked while holding it:
-/// a device's registers stay meaningful, and a VMM that stops on a poisoned lock would let
-/// one bug take the whole guest down.
-pub fn lock<T: ?Sized>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

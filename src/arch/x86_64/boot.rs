@@ -9,10 +9,12 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::path::Path;
 
+use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
-use linux_loader::loader::{bzimage::BzImage, KernelLoader};
+use linux_loader::loader::{bzimage::BzImage, load_cmdline, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use super::cmdline::cmdline_len;
 use super::layout;
 use crate::memory::GuestMemoryMmap;
 
@@ -63,10 +65,6 @@ pub enum BootError {
         "initrd {path} ({size} bytes) does not fit in guest memory; give the guest more --mem"
     )]
     InitrdTooLarge { path: String, size: u64 },
-    #[error("kernel command line is {len} bytes; the limit is {max}")]
-    CmdlineTooLong { len: usize, max: usize },
-    #[error("kernel command line contains a NUL byte")]
-    CmdlineNul,
     #[error("cannot write {what} to guest memory")]
     GuestWrite { what: &'static str },
 }
@@ -255,23 +253,14 @@ pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<E820Entry> {
     map
 }
 
-/// Writes the command line to [`layout::CMDLINE_START`].
-pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootError> {
-    if cmdline.as_bytes().contains(&0) {
-        return Err(BootError::CmdlineNul);
-    }
-    if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
-        return Err(BootError::CmdlineTooLong {
-            len: cmdline.len(),
-            max: layout::CMDLINE_MAX_SIZE - 1,
-        });
-    }
-    let mut bytes = cmdline.as_bytes().to_vec();
-    bytes.push(0);
-    mem.write_slice(&bytes, layout::CMDLINE_START)
-        .map_err(|_| BootError::GuestWrite {
-            what: "the command line",
-        })
+/// Writes `cmdline` (built by [`super::cmdline::kernel_cmdline`], which checked its length)
+/// to [`layout::CMDLINE_START`], ending in a NUL, and returns its length without the NUL
+/// for [`write_boot_params`].
+pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &Cmdline) -> Result<usize, BootError> {
+    load_cmdline(mem, layout::CMDLINE_START, cmdline).map_err(|_| BootError::GuestWrite {
+        what: "the command line",
+    })?;
+    Ok(cmdline_len(cmdline))
 }
 
 /// Builds the zero page from the kernel's setup header and writes it to
@@ -331,9 +320,8 @@ fn build_boot_params(
 mod tests {
     use super::*;
     use crate::memory::{create_guest_memory, MemoryBacking};
+    use crate::size::MIB;
     use std::io::Write;
-
-    const MIB: u64 = 1 << 20;
 
     /// A minimal file that passes as a bzImage: a setup header with the fields the loader
     /// checks, followed by a few bytes of "kernel".
@@ -379,7 +367,8 @@ mod tests {
 
     #[test]
     fn loads_a_64bit_bzimage_at_1mib() {
-        let mem = create_guest_memory(64 * MIB, MemoryBacking::Anonymous).unwrap();
+        let mem =
+            create_guest_memory(&layout::ram_regions(64 * MIB), MemoryBacking::Anonymous).unwrap();
         let image = fake_bzimage(XLF_KERNEL_64, 0x020f);
         let kernel = load_kernel(&mem, &image.0).unwrap();
         assert_eq!(kernel.load_addr, layout::HIMEM_START);
@@ -391,7 +380,8 @@ mod tests {
 
     #[test]
     fn refuses_files_that_are_not_64bit_bzimages() {
-        let mem = create_guest_memory(64 * MIB, MemoryBacking::Anonymous).unwrap();
+        let mem =
+            create_guest_memory(&layout::ram_regions(64 * MIB), MemoryBacking::Anonymous).unwrap();
         let text = tempfile_like::TempFile::with_contents(b"#!/bin/sh\necho not a kernel\n");
         let err = load_kernel(&mem, &text.0).unwrap_err();
         assert!(matches!(err, BootError::NotBzImage { .. }), "{err}");
@@ -420,7 +410,8 @@ mod tests {
 
     #[test]
     fn initrd_goes_high_and_too_large_is_refused() {
-        let mem = create_guest_memory(64 * MIB, MemoryBacking::Anonymous).unwrap();
+        let mem =
+            create_guest_memory(&layout::ram_regions(64 * MIB), MemoryBacking::Anonymous).unwrap();
         let image = fake_bzimage(XLF_KERNEL_64, 0x020f);
         let kernel = load_kernel(&mem, &image.0).unwrap();
         let initrd = tempfile_like::TempFile::with_contents(&vec![0x5a; 10_000]);
@@ -439,7 +430,8 @@ mod tests {
 
     #[test]
     fn e820_has_a_hole_for_mmio_and_ram_above_4g() {
-        let mem = create_guest_memory(5 << 30, MemoryBacking::Anonymous).unwrap();
+        let mem =
+            create_guest_memory(&layout::ram_regions(5 << 30), MemoryBacking::Anonymous).unwrap();
         let map = e820_map(&mem);
         let ram: Vec<_> = map.iter().filter(|e| e.kind == E820_RAM).collect();
         assert_eq!(ram[0].addr, 0);
@@ -461,10 +453,13 @@ mod tests {
 
     #[test]
     fn boot_params_carry_cmdline_initrd_rsdp_and_e820() {
-        let mem = create_guest_memory(64 * MIB, MemoryBacking::Anonymous).unwrap();
+        let mem =
+            create_guest_memory(&layout::ram_regions(64 * MIB), MemoryBacking::Anonymous).unwrap();
         let image = fake_bzimage(XLF_KERNEL_64, 0x020f);
         let kernel = load_kernel(&mem, &image.0).unwrap();
-        write_cmdline(&mem, "console=ttyS0").unwrap();
+        let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).unwrap();
+        cmdline.insert_str("console=ttyS0").unwrap();
+        assert_eq!(write_cmdline(&mem, &cmdline).unwrap(), 13);
         let initrd = LoadedInitrd {
             addr: GuestAddress(0x300_0000),
             size: 1234,
@@ -488,22 +483,5 @@ mod tests {
         let mut cmdline = [0u8; 14];
         mem.read_slice(&mut cmdline, layout::CMDLINE_START).unwrap();
         assert_eq!(&cmdline, b"console=ttyS0\0");
-    }
-
-    #[test]
-    fn command_line_limits() {
-        let mem = create_guest_memory(64 * MIB, MemoryBacking::Anonymous).unwrap();
-        let long = "x".repeat(layout::CMDLINE_MAX_SIZE);
-        assert!(matches!(
-            write_cmdline(&mem, &long),
-            Err(BootError::CmdlineTooLong {
-                len: 2048,
-                max: 2047
-            })
-        ));
-        assert!(matches!(
-            write_cmdline(&mem, "a\0b"),
-            Err(BootError::CmdlineNul)
-        ));
     }
 }

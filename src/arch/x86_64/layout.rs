@@ -78,8 +78,6 @@ pub const I8042_PORT_SIZE: u16 = 5;
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
 /// Hardware-reduced ACPI sleep status register (FADT `SLEEP_STATUS_REG`), one byte.
 pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
-/// The `SLP_TYP` value the DSDT's `\_S5_` package announces; written with `SLP_EN` for power-off.
-pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
 
 /// Base address and GSI of the `index`-th virtio-mmio device.
 pub fn virtio_mmio_slot(index: u32) -> (u64, u32) {
@@ -105,7 +103,8 @@ pub fn ram_regions(mem_size: u64) -> Vec<(GuestAddress, u64)> {
     }
 }
 
-/// Describes one virtio-mmio device for the firmware tables and the command line.
+/// Describes one virtio-mmio device for the firmware tables and the command line
+/// ([`super::cmdline`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmioDeviceInfo {
     /// Guest physical base of the register window.
@@ -125,17 +124,6 @@ impl MmioDeviceInfo {
             len: VIRTIO_MMIO_SIZE,
             gsi,
         }
-    }
-
-    /// The `virtio_mmio.device=` command-line entry for kernels built with
-    /// `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`.
-    pub fn cmdline_entry(&self) -> String {
-        format!(
-            "virtio_mmio.device={}K@{:#x}:{}",
-            self.len / 1024,
-            self.addr,
-            self.gsi
-        )
     }
 }
 
@@ -173,9 +161,5 @@ mod tests {
             assert!(dev.addr >= MMIO_GAP_START && dev.addr + dev.len <= IOAPIC_START);
             assert!(dev.gsi < IOAPIC_PINS && dev.gsi != SERIAL_GSI);
         }
-        assert_eq!(
-            MmioDeviceInfo::slot(0).cmdline_entry(),
-            "virtio_mmio.device=4K@0xd0000000:5"
-        );
     }
 }

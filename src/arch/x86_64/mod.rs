@@ -3,6 +3,7 @@
 
 pub mod acpi;
 pub mod boot;
+pub mod cmdline;
 pub mod cpuid;
 pub mod layout;
 pub mod mptable;

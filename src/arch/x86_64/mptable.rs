@@ -358,7 +358,7 @@ mod tests {
     use vm_memory::GuestAddress;
 
     fn guest_memory() -> GuestMemoryMmap {
-        create_guest_memory(16 << 20, MemoryBacking::Anonymous).unwrap()
+        create_guest_memory(&layout::ram_regions(16 << 20), MemoryBacking::Anonymous).unwrap()
     }
 
     fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
@@ -539,7 +539,8 @@ mod tests {
 
     #[test]
     fn ebda_outside_ram_is_refused() {
-        let mem = create_guest_memory(512 << 10, MemoryBacking::Anonymous).unwrap();
+        let mem =
+            create_guest_memory(&layout::ram_regions(512 << 10), MemoryBacking::Anonymous).unwrap();
         assert!(matches!(
             setup_mptable(&mem, 1, &[]),
             Err(MptableError::NotInRam { .. })

@@ -256,7 +256,8 @@ mod tests {
 
     #[test]
     fn sregs_enter_long_mode_with_identity_mapping() {
-        let mem = create_guest_memory(16 << 20, MemoryBacking::Anonymous).unwrap();
+        let mem =
+            create_guest_memory(&layout::ram_regions(16 << 20), MemoryBacking::Anonymous).unwrap();
         let mut sregs = kvm_sregs::default();
         setup_sregs(&mem, &mut sregs).unwrap();
         assert_eq!(

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
-use crate::devices::bus::lock;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::VirtioDevice;
+use crate::sync::lock;
 use crate::warn_once;
 
 /// `Events::data` of a device fd. Queue eventfds carry their queue index instead.

@@ -6,8 +6,8 @@
 use std::sync::{Arc, Mutex};
 
 use super::{Balloon, BalloonControl, BalloonError, BalloonInfo, BalloonStatistics, HintingStatus};
-use crate::devices::bus::lock;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::sync::lock;
 
 /// A running balloon, shared with the MMIO bus and the event loop.
 #[derive(Clone)]
@@ -70,7 +70,11 @@ mod tests {
     }
 
     fn handle(config: &str) -> BalloonHandle {
-        let mem = create_guest_memory(64 << 20, MemoryBacking::Anonymous).unwrap();
+        let mem = create_guest_memory(
+            &[(vm_memory::GuestAddress(0), 64 << 20)],
+            MemoryBacking::Anonymous,
+        )
+        .unwrap();
         let balloon = Balloon::new(config.parse::<BalloonConfig>().unwrap(), 64 << 20).unwrap();
         let transport = MmioTransport::new(balloon, mem, Arc::new(NoIrq)).unwrap();
         BalloonHandle::new(Arc::new(Mutex::new(transport)))

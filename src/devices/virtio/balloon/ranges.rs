@@ -195,7 +195,8 @@ mod tests {
 
     #[test]
     fn discards_ram_and_skips_what_is_not() {
-        let mem = create_guest_memory(16 * MIB, MemoryBacking::Anonymous).unwrap();
+        let mem =
+            create_guest_memory(&[(GuestAddress(0), 16 * MIB)], MemoryBacking::Anonymous).unwrap();
         mem.write_slice(&vec![0x5a; 16 * MIB as usize], GuestAddress(0))
             .unwrap();
         let before = resident_bytes(&mem);
@@ -221,7 +222,14 @@ mod tests {
     #[test]
     fn a_range_across_the_mmio_gap_is_split_at_the_regions() {
         // Address space only: nothing is touched, so this costs no host memory.
-        let mem = create_guest_memory(4 << 30, MemoryBacking::Anonymous).unwrap();
+        let mem = create_guest_memory(
+            &[
+                (GuestAddress(0), MMIO_GAP_START),
+                (HIGH_RAM_START, (4 << 30) - MMIO_GAP_START),
+            ],
+            MemoryBacking::Anonymous,
+        )
+        .unwrap();
         let start = MMIO_GAP_START - MIB;
         let end = HIGH_RAM_START.raw_value() + MIB;
         let outcome = discard_in_ram(&mem, start, end - start);

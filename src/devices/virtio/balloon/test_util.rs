@@ -77,7 +77,7 @@ pub fn ram() -> GuestMemoryMmap {
 }
 
 pub fn ram_with(backing: MemoryBacking) -> GuestMemoryMmap {
-    create_guest_memory(GUEST_MEM, backing).unwrap()
+    create_guest_memory(&[(GuestAddress(0), GUEST_MEM)], backing).unwrap()
 }
 
 /// A balloon and a driver's view of its queues, in `mem`. The mock queues live as long

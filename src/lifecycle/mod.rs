@@ -1,6 +1,10 @@
 //! How a running VM comes to a stop, and why. Any thread (a vCPU, a device, the API, a
 //! signal handler) may ask the VM to stop; the first reason wins and decides vmm's exit
 //! status. The event loop wakes on [`Lifecycle::stop_event`] and tears the VM down.
+//!
+//! - [`signals`]: SIGTERM, SIGINT and SIGHUP become an eventfd the event loop watches.
+//! - [`stop_watcher`]: the event loop's side of stopping: the stop event, those signals,
+//!   the probe for a guest that halted for good, and kicking the vCPUs out of `KVM_RUN`.
 
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +13,36 @@ use std::sync::Mutex;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::legacy::{PowerEvent, PowerEventHandler};
+use crate::sync::lock;
+
+pub mod signals;
+pub mod stop_watcher;
+
+/// A host resource the stop machinery needs (an eventfd, a timer, a signal handler)
+/// could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up {what}: {source}")]
+pub struct SetupError {
+    pub what: &'static str,
+    pub source: std::io::Error,
+}
+
+impl SetupError {
+    /// Wraps an I/O error from setting up `what`.
+    pub(crate) fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> SetupError {
+        move |source| SetupError { what, source }
+    }
+
+    /// Wraps an errno from setting up `what`.
+    pub(crate) fn errno(
+        what: &'static str,
+    ) -> impl FnOnce(vmm_sys_util::errno::Error) -> SetupError {
+        move |e| SetupError {
+            what,
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        }
+    }
+}
 
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +95,7 @@ impl Lifecycle {
     /// Asks the VM to stop. Only the first reason is kept.
     pub fn request_stop(&self, reason: StopReason) {
         {
-            let mut slot = crate::devices::bus::lock(&self.reason);
+            let mut slot = lock(&self.reason);
             if slot.is_none() {
                 *slot = Some(reason);
             }
@@ -76,7 +110,7 @@ impl Lifecycle {
 
     /// The reason the VM stopped, once it did.
     pub fn reason(&self) -> Option<StopReason> {
-        crate::devices::bus::lock(&self.reason).clone()
+        lock(&self.reason).clone()
     }
 
     /// Readable once a stop was requested.

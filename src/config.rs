@@ -1,0 +1,135 @@
+//! What to run: the [`VmConfig`] the command line fills in, and the checks that can be
+//! made on it before anything touches KVM.
+
+use std::path::PathBuf;
+
+use crate::arch::x86_64::boot::{self, BootError};
+use crate::devices::virtio::balloon::BalloonConfig;
+use crate::memory::MemoryBacking;
+use crate::size::{HumanSize, MIB, PAGE_SIZE};
+
+/// Smallest guest a stock kernel boots in.
+pub const MIN_MEMORY: u64 = 64 * MIB;
+/// Default guest memory.
+pub const DEFAULT_MEMORY: u64 = 512 * MIB;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Appended to [`BASE_CMDLINE`](crate::arch::x86_64::cmdline::BASE_CMDLINE).
+    pub cmdline_extra: Option<String>,
+    pub mem_size: u64,
+    pub mem_backing: MemoryBacking,
+    pub vcpus: u8,
+    /// The balloon, if `--balloon` was given.
+    pub balloon: Option<BalloonConfig>,
+    /// Where to serve the API, if `--api-sock` was given.
+    pub api_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--cpus {0}: a VM needs at least one vCPU")]
+    NoVcpus(u8),
+    #[error("--mem {}: not a whole number of 4 KiB pages", HumanSize(*.0))]
+    MemoryNotPageAligned(u64),
+    #[error("--mem {}: a Linux guest needs at least {}", HumanSize(*.0), HumanSize(MIN_MEMORY))]
+    MemoryTooSmall(u64),
+    #[error("--mem {}: more than this host has ({} of RAM and swap)", HumanSize(*.requested), HumanSize(*.host))]
+    MemoryTooLarge { requested: u64, host: u64 },
+    #[error(transparent)]
+    Boot(#[from] BootError),
+}
+
+/// Checks what can be checked before touching KVM: the numbers, and that the kernel and
+/// initrd can be read.
+pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
+    validate_numbers(config)?;
+    boot::check_kernel(&config.kernel)?;
+    if let Some(initrd) = &config.initrd {
+        std::fs::File::open(initrd).map_err(|source| BootError::InitrdOpen {
+            path: initrd.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn validate_numbers(config: &VmConfig) -> Result<(), ConfigError> {
+    if config.vcpus == 0 {
+        return Err(ConfigError::NoVcpus(0));
+    }
+    if config.mem_size % PAGE_SIZE != 0 {
+        return Err(ConfigError::MemoryNotPageAligned(config.mem_size));
+    }
+    if config.mem_size < MIN_MEMORY {
+        return Err(ConfigError::MemoryTooSmall(config.mem_size));
+    }
+    if let Some(host) = host_memory() {
+        if config.mem_size > host {
+            return Err(ConfigError::MemoryTooLarge {
+                requested: config.mem_size,
+                host,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// RAM plus swap of the host, from /proc/meminfo.
+fn host_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = meminfo.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some(field("MemTotal:")? + field("SwapTotal:").unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> VmConfig {
+        VmConfig {
+            kernel: PathBuf::from("/boot/vmlinuz"),
+            initrd: None,
+            cmdline_extra: None,
+            mem_size: DEFAULT_MEMORY,
+            mem_backing: MemoryBacking::Anonymous,
+            vcpus: 1,
+            balloon: None,
+            api_socket: None,
+        }
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_the_value() {
+        let mut cfg = config();
+        cfg.vcpus = 0;
+        assert_eq!(
+            validate_numbers(&cfg).unwrap_err().to_string(),
+            "--cpus 0: a VM needs at least one vCPU"
+        );
+        let mut cfg = config();
+        cfg.mem_size = 1000 * 4096 + 1;
+        assert!(validate_numbers(&cfg)
+            .unwrap_err()
+            .to_string()
+            .contains("4 KiB pages"));
+        cfg.mem_size = 16 * MIB;
+        assert_eq!(
+            validate_numbers(&cfg).unwrap_err().to_string(),
+            "--mem 16 MiB: a Linux guest needs at least 64 MiB"
+        );
+        cfg.mem_size = 1 << 50;
+        assert!(validate_numbers(&cfg)
+            .unwrap_err()
+            .to_string()
+            .starts_with("--mem 1024 TiB: more than this host has"));
+        assert!(validate_numbers(&config()).is_ok());
+    }
+}
