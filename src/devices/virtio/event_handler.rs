@@ -90,7 +90,9 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::devices::virtio::mmio::test_support::*;
+    use crate::devices::test_support::CountingInterrupt;
+    use crate::devices::virtio::mmio::test_driver::*;
+    use crate::devices::virtio::test_device::DummyDevice;
 
     type Manager = EventManager<VirtioMmioEventHandler<DummyDevice>>;
 
@@ -114,7 +116,7 @@ mod tests {
     #[test]
     fn a_queue_eventfd_becomes_a_queue_notification() {
         let mem = guest_memory();
-        let irq = Arc::new(CountingIrq::default());
+        let irq = Arc::new(CountingInterrupt::default());
         let mut t = MmioTransport::new(
             DummyDevice::new(VERSION_1, &[16, 16]),
             mem.clone(),
@@ -140,7 +142,7 @@ mod tests {
         assert_eq!(lock(&transport).device().processed, vec![1]);
         let used_idx: u16 = mem.read_obj(GuestAddress(vq.used_addr().0 + 2)).unwrap();
         assert_eq!(used_idx, 1);
-        assert_eq!(irq.count(), 1);
+        assert_eq!(irq.signals(), 1);
         // The eventfd was consumed: nothing more to do.
         assert_eq!(manager.run_with_timeout(0).unwrap(), 0);
     }

@@ -12,6 +12,9 @@ pub mod event_handler;
 pub mod interrupt;
 pub mod mmio;
 
+#[cfg(test)]
+pub(crate) mod test_device;
+
 use std::os::unix::io::RawFd;
 use std::sync::Arc;
 

@@ -58,21 +58,15 @@ impl BalloonControl for BalloonHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::test_support::CountingInterrupt;
     use crate::devices::virtio::balloon::BalloonConfig;
-    use crate::devices::IrqLine;
     use crate::memory::{create_guest_memory, MemoryBacking};
-
-    struct NoIrq;
-    impl IrqLine for NoIrq {
-        fn signal(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn handle(config: &str) -> BalloonHandle {
         let mem = create_guest_memory(64 << 20, MemoryBacking::Anonymous).unwrap();
         let balloon = Balloon::new(config.parse::<BalloonConfig>().unwrap(), 64 << 20).unwrap();
-        let transport = MmioTransport::new(balloon, mem, Arc::new(NoIrq)).unwrap();
+        let transport =
+            MmioTransport::new(balloon, mem, Arc::new(CountingInterrupt::default())).unwrap();
         BalloonHandle::new(Arc::new(Mutex::new(transport)))
     }
 
