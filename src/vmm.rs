@@ -275,17 +275,17 @@ impl Vm {
         let balloon = match config.balloon {
             Some(balloon_config) => {
                 let slot = layout::MmioDeviceInfo::slot(mmio_devices.len() as u32);
-                let device = Balloon::new(balloon_config, config.mem_size)?;
-                let transport = attach_virtio_device(
+                let device = Arc::new(Mutex::new(Balloon::new(balloon_config, config.mem_size)?));
+                attach_virtio_device(
                     &vm_fd,
                     &mem,
                     &mut mmio_bus,
                     &mut event_manager,
-                    device,
+                    device.clone(),
                     slot,
                 )?;
                 mmio_devices.push(slot);
-                Some(BalloonHandle::new(transport))
+                Some(BalloonHandle::new(device))
             }
             None => None,
         };
@@ -402,9 +402,9 @@ fn attach_virtio_device<D: VirtioDevice + 'static>(
     mem: &GuestMemoryMmap,
     mmio_bus: &mut Bus,
     event_manager: &mut EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
-    device: D,
+    device: Arc<Mutex<D>>,
     slot: layout::MmioDeviceInfo,
-) -> Result<Arc<Mutex<MmioTransport<D>>>, VmmError> {
+) -> Result<(), VmmError> {
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("a virtio interrupt"))?;
     vm_fd
         .register_irqfd(&irq, slot.gsi)
@@ -419,12 +419,12 @@ fn attach_virtio_device<D: VirtioDevice + 'static>(
             )
             .map_err(kvm_err("registering a virtio queue notification"))?;
     }
-    let transport = Arc::new(Mutex::new(transport));
-    mmio_bus.insert(transport.clone(), slot.addr, slot.len)?;
+    let notifications = transport.notifications();
+    mmio_bus.insert(Arc::new(Mutex::new(transport)), slot.addr, slot.len)?;
     event_manager.add_subscriber(Arc::new(Mutex::new(VirtioMmioEventHandler::new(
-        transport.clone(),
+        notifications,
     ))));
-    Ok(transport)
+    Ok(())
 }
 
 fn register_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {

@@ -1,73 +1,81 @@
 //! [`BalloonHandle`]: the balloon of a running VM behind the one small interface the rest
-//! of the VMM uses, [`BalloonControl`]. Each call takes the transport's lock for as long
-//! as the device needs to update its state and, where the guest must be told, raise a
-//! config interrupt; none waits for the guest.
+//! of the VMM uses, [`BalloonControl`].
+//!
+//! The handle holds the balloon itself, the same `Arc<Mutex<Balloon>>` the virtio-mmio
+//! transport holds. Each call takes only the balloon's lock, for as long as the device
+//! needs to update its state and, where the guest must be told, raise a config interrupt:
+//! it never waits for a vCPU's exit to the transport's registers nor for another device,
+//! and never for the guest.
 
 use std::sync::{Arc, Mutex};
 
 use super::{Balloon, BalloonControl, BalloonError, BalloonInfo, BalloonStatistics, HintingStatus};
 use crate::devices::bus::lock;
-use crate::devices::virtio::mmio::MmioTransport;
 
-/// A running balloon, shared with the MMIO bus and the event loop.
+/// A running balloon, shared with its transport and the event loop.
 #[derive(Clone)]
 pub struct BalloonHandle {
-    transport: Arc<Mutex<MmioTransport<Balloon>>>,
+    balloon: Arc<Mutex<Balloon>>,
 }
 
 impl BalloonHandle {
-    pub fn new(transport: Arc<Mutex<MmioTransport<Balloon>>>) -> Self {
-        BalloonHandle { transport }
+    pub fn new(balloon: Arc<Mutex<Balloon>>) -> Self {
+        BalloonHandle { balloon }
     }
 }
 
 impl BalloonControl for BalloonHandle {
     fn info(&self) -> BalloonInfo {
-        lock(&self.transport).device().info()
+        lock(&self.balloon).info()
     }
 
     fn set_target_pages(&self, pages: u32) -> Result<(), BalloonError> {
-        lock(&self.transport).device_mut().set_target_pages(pages)
+        lock(&self.balloon).set_target_pages(pages)
     }
 
     fn statistics(&self) -> Result<BalloonStatistics, BalloonError> {
-        lock(&self.transport).device().statistics()
+        lock(&self.balloon).statistics()
     }
 
     fn set_stats_interval(&self, seconds: u32) -> Result<(), BalloonError> {
-        lock(&self.transport)
-            .device_mut()
-            .set_stats_interval(seconds)
+        lock(&self.balloon).set_stats_interval(seconds)
     }
 
     fn start_hinting(&self, acknowledge_on_stop: bool) -> Result<(), BalloonError> {
-        lock(&self.transport)
-            .device_mut()
-            .start_hinting(acknowledge_on_stop)
+        lock(&self.balloon).start_hinting(acknowledge_on_stop)
     }
 
     fn hinting_status(&self) -> Result<HintingStatus, BalloonError> {
-        lock(&self.transport).device().hinting_status()
+        lock(&self.balloon).hinting_status()
     }
 
     fn stop_hinting(&self) -> Result<(), BalloonError> {
-        lock(&self.transport).device_mut().stop_hinting()
+        lock(&self.balloon).stop_hinting()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+    use std::thread;
+    use std::time::Duration;
+
     use super::*;
     use crate::devices::test_support::CountingInterrupt;
     use crate::devices::virtio::balloon::BalloonConfig;
+    use crate::devices::virtio::mmio::MmioTransport;
     use crate::memory::{create_guest_memory, MemoryBacking};
 
+    /// Long enough never to fire when nothing is wrong; short enough to end a deadlock.
+    const HANG_GUARD: Duration = Duration::from_secs(30);
+
+    fn balloon(config: &str) -> Arc<Mutex<Balloon>> {
+        let config = config.parse::<BalloonConfig>().unwrap();
+        Arc::new(Mutex::new(Balloon::new(config, 64 << 20).unwrap()))
+    }
+
     fn handle(config: &str) -> BalloonHandle {
-        let mem = create_guest_memory(64 << 20, MemoryBacking::Anonymous).unwrap();
-        let balloon = Balloon::new(config.parse::<BalloonConfig>().unwrap(), 64 << 20).unwrap();
-        let transport =
-            MmioTransport::new(balloon, mem, Arc::new(CountingInterrupt::default())).unwrap();
-        BalloonHandle::new(Arc::new(Mutex::new(transport)))
+        BalloonHandle::new(balloon(config))
     }
 
     #[test]
@@ -109,5 +117,25 @@ mod tests {
             Err(BalloonError::HintingDisabled)
         );
         assert_eq!(balloon.hinting_status(), Err(BalloonError::HintingDisabled));
+    }
+
+    #[test]
+    fn an_api_call_does_not_wait_for_the_transport_registers() {
+        let device = balloon("stats=5");
+        let mem = create_guest_memory(64 << 20, MemoryBacking::Anonymous).unwrap();
+        let irq = Arc::new(CountingInterrupt::default());
+        let transport = Mutex::new(MmioTransport::new(device.clone(), mem, irq).unwrap());
+        let handle = BalloonHandle::new(device);
+
+        // A vCPU in the middle of an MMIO exit to the balloon's registers.
+        let registers = lock(&transport);
+        let (done, finished) = mpsc::channel();
+        thread::spawn(move || {
+            let answer = handle.set_target_pages(1024).map(|()| handle.info());
+            let _ = done.send(answer);
+        });
+        let info = finished.recv_timeout(HANG_GUARD).unwrap().unwrap();
+        assert_eq!(info.target_pages, 1024);
+        drop(registers);
     }
 }

@@ -33,6 +33,8 @@ mod warnings;
 mod device_tests;
 #[cfg(test)]
 mod test_util;
+#[cfg(test)]
+mod transport_tests;
 
 pub use config::{BalloonConfigError, MAX_STATS_INTERVAL_S};
 pub use device::{Balloon, BalloonCounters, BalloonSetupError};

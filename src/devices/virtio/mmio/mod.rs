@@ -2,21 +2,31 @@
 //! a driver uses to discover a device, negotiate features, set up queues, start, notify,
 //! take interrupts and reset it. Register map: virtio 1.2, section 4.2.2.
 //!
-//! The transport owns the device. It keeps the driver's queue configuration in
-//! [`virtio_queue::Queue`]s (which validate sizes and alignment) and hands the device its
-//! own copies, with guest memory and the interrupt, when the driver sets DRIVER_OK.
+//! The device is shared, behind its own lock. Three locks, always taken in this order:
+//! the transport's registers (the MMIO bus holds [`MmioTransport`] in a mutex), the
+//! notification gate of [`QueueNotifications`], the device. So a vCPU's exit to a
+//! register that does not concern the device, a queue notification and a call from the
+//! API never wait for one another beyond the device's own work. docs/architecture.md has
+//! the whole picture.
+//!
+//! The transport keeps the driver's queue configuration in [`virtio_queue::Queue`]s
+//! (which validate sizes and alignment), checks the rings against guest memory at
+//! DRIVER_OK and hands the device its own copies, with guest memory and the interrupt.
 //!
 //! Every access comes from the guest, so nothing here panics on what the guest writes:
 //! accesses the spec does not allow are ignored and reported once per kind (see
 //! [`crate::warn_once!`]).
 
+mod notifications;
 #[cfg(test)]
 pub(crate) mod test_driver;
 #[cfg(test)]
 mod tests;
 
+pub use notifications::QueueNotifications;
+
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
@@ -28,12 +38,12 @@ use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::bus::BusDevice;
+use crate::devices::bus::{lock, BusDevice};
 use crate::devices::virtio::interrupt::MmioInterrupt;
 use crate::devices::virtio::{
-    Activation, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+    ActivateError, Activation, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
 };
 use crate::devices::IrqLine;
 use crate::memory::GuestMemoryMmap;
@@ -91,19 +101,41 @@ pub enum MmioError {
     QueueEvent { index: usize, source: io::Error },
 }
 
+/// Why a device did not start at DRIVER_OK.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(
+        "queue {index} (size {size}, descriptors at {desc:#x}, driver area at {avail:#x}, \
+         device area at {used:#x}) is not inside guest memory"
+    )]
+    RingOutsideMemory {
+        index: usize,
+        size: u16,
+        desc: u64,
+        avail: u64,
+        used: u64,
+    },
+    #[error("queue {index}: {source}")]
+    QueueState {
+        index: usize,
+        source: virtio_queue::Error,
+    },
+    #[error(transparent)]
+    Device(#[from] ActivateError),
+}
+
 /// A virtio device behind a virtio-mmio register window.
 pub struct MmioTransport<D: VirtioDevice> {
-    device: D,
+    /// The device (behind its own lock) and its notification path, shared with the event
+    /// loop.
+    notifications: Arc<QueueNotifications<D>>,
+    /// `device.device_type()`, which never changes: reading `DeviceID` needs no device lock.
+    device_type: u32,
     mem: GuestMemoryMmap,
     interrupt: Arc<MmioInterrupt>,
     /// The queues as the driver configured them through the registers. The device gets
     /// copies at activation; these stay to answer register reads.
     queues: Vec<Queue>,
-    queue_events: Vec<EventFd>,
-    /// Queues notified after they were set up but before DRIVER_OK. Linux's balloon driver
-    /// primes its statistics queue and kicks it that early; the device sees the kick as
-    /// soon as it starts, or the buffer would sit in the queue forever.
-    early_notifications: Vec<bool>,
     status: u32,
     offered_features: u64,
     acked_features: u64,
@@ -113,14 +145,24 @@ pub struct MmioTransport<D: VirtioDevice> {
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
-    pub fn new(device: D, mem: GuestMemoryMmap, irq: Arc<dyn IrqLine>) -> Result<Self, MmioError> {
-        let device_type = device.device_type();
-        let offered_features = device.device_features() & !UNSUPPORTED_TRANSPORT_FEATURES;
+    /// Puts `device` behind a register window. The caller may keep its own reference to
+    /// the device (the API does, for the balloon); it must not hold the device's lock
+    /// while calling this.
+    pub fn new(
+        device: Arc<Mutex<D>>,
+        mem: GuestMemoryMmap,
+        irq: Arc<dyn IrqLine>,
+    ) -> Result<Self, MmioError> {
+        let (device_type, device_features, queue_max_sizes) = {
+            let device = lock(&device);
+            let max_sizes = device.queue_max_sizes().to_vec();
+            (device.device_type(), device.device_features(), max_sizes)
+        };
+        let offered_features = device_features & !UNSUPPORTED_TRANSPORT_FEATURES;
         if offered_features & (1 << VIRTIO_F_VERSION_1) == 0 {
             return Err(MmioError::NotModern { device_type });
         }
-        let queues = device
-            .queue_max_sizes()
+        let queues = queue_max_sizes
             .iter()
             .enumerate()
             .map(|(index, &max_size)| {
@@ -131,18 +173,13 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let queue_events = (0..queues.len())
-            .map(|index| {
-                EventFd::new(EFD_NONBLOCK).map_err(|source| MmioError::QueueEvent { index, source })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let notifications = QueueNotifications::new(device, queues.len())?;
         Ok(MmioTransport {
-            device,
+            notifications: Arc::new(notifications),
+            device_type,
             mem,
             interrupt: Arc::new(MmioInterrupt::new(irq)),
-            early_notifications: vec![false; queues.len()],
             queues,
-            queue_events,
             status: 0,
             offered_features,
             acked_features: 0,
@@ -152,19 +189,22 @@ impl<D: VirtioDevice> MmioTransport<D> {
         })
     }
 
-    pub fn device(&self) -> &D {
-        &self.device
+    /// The device, behind its own lock.
+    pub fn device(&self) -> &Arc<Mutex<D>> {
+        self.notifications.device()
     }
 
-    pub fn device_mut(&mut self) -> &mut D {
-        &mut self.device
+    /// The notification path, for the event loop: it delivers queue notifications (and
+    /// reaches the device's own fds) without the register lock.
+    pub fn notifications(&self) -> Arc<QueueNotifications<D>> {
+        self.notifications.clone()
     }
 
     /// One eventfd per queue, in queue order. The VMM registers each as a KVM ioeventfd
     /// on `base + MMIO_QUEUE_NOTIFY_OFFSET` with the queue index as datamatch; the event
-    /// handler turns it into [`notify_queue`](Self::notify_queue).
+    /// handler turns it into a notification.
     pub fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
+        self.notifications.queue_events()
     }
 
     /// The device's interrupt. Triggering it records the reason in `InterruptStatus` (and
@@ -173,34 +213,17 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.interrupt.clone()
     }
 
-    /// The driver notified queue `index`: the device processes it if it is running.
-    pub fn notify_queue(&mut self, index: usize) {
-        let Some(queue) = self.queues.get(index) else {
-            warn_once!("virtio-mmio: notification for queue {index}, which the device does not have; ignored");
-            return;
-        };
-        if !queue.ready() {
-            warn_once!(
-                "virtio-mmio: notification for queue {index} before the driver set it up; ignored"
-            );
-            return;
-        }
-        if self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0 {
-            self.early_notifications[index] = true;
-            return;
-        }
-        if !self.device.is_activated() {
-            warn_once!("virtio-mmio: notification for queue {index} of a device that is not running; ignored");
-            return;
-        }
-        self.device.process_queue(index);
+    /// The driver notified queue `index`: the device processes it if it is running, or
+    /// when it starts if the driver has not set DRIVER_OK yet.
+    pub fn notify_queue(&self, index: usize) {
+        self.notifications.notify(index);
     }
 
     fn read_register(&self, offset: u32) -> u32 {
         match offset {
             VIRTIO_MMIO_MAGIC_VALUE => MMIO_MAGIC_VALUE,
             VIRTIO_MMIO_VERSION => MMIO_VERSION,
-            VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
+            VIRTIO_MMIO_DEVICE_ID => self.device_type,
             VIRTIO_MMIO_VENDOR_ID => MMIO_VENDOR_ID,
             VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
                 0 => self.offered_features as u32,
@@ -322,9 +345,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             return;
         };
         queue.set_ready(value == 1);
-        if value == 0 {
-            self.early_notifications[index] = false;
-        }
+        self.notifications.set_queue_ready(index, value == 1);
     }
 
     fn write_queue_address(&mut self, offset: u32, value: u32) {
@@ -418,46 +439,45 @@ impl<D: VirtioDevice> MmioTransport<D> {
             }
             self.status |= bit;
             if bit == VIRTIO_CONFIG_S_DRIVER_OK {
-                self.activate();
+                self.start_device();
             }
         }
     }
 
-    fn activate(&mut self) {
-        let device_type = self.device.device_type();
-        match self.activation() {
-            Ok(activation) => match self.device.activate(activation) {
-                Ok(()) => {
-                    for index in 0..self.early_notifications.len() {
-                        if std::mem::take(&mut self.early_notifications[index]) {
-                            self.device.process_queue(index);
-                        }
-                    }
-                }
-                Err(e) => self.device_needs_reset(device_type, &e.to_string()),
-            },
-            Err(reason) => self.device_needs_reset(device_type, &reason),
+    /// DRIVER_OK: the device starts with the driver's rings if they are all in RAM.
+    fn start_device(&mut self) {
+        let started = match self.activation() {
+            Ok(activation) => self
+                .notifications
+                .start(activation)
+                .map_err(StartError::from),
+            Err(refused) => {
+                self.notifications.start_refused();
+                Err(refused)
+            }
+        };
+        if let Err(e) = started {
+            self.device_needs_reset(&e);
         }
     }
 
     /// What the device gets at DRIVER_OK: copies of the driver's queues, checked against
     /// guest memory so no device ever walks a ring that is not in RAM.
-    fn activation(&self) -> Result<Activation, String> {
+    fn activation(&self) -> Result<Activation, StartError> {
         let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
         for (index, queue) in self.queues.iter().enumerate() {
             if queue.ready() && !queue.is_valid(&self.mem) {
-                return Err(format!(
-                    "queue {index} (size {}, descriptors at {:#x}, driver area at {:#x}, \
-                     device area at {:#x}) is not inside guest memory",
-                    queue.size(),
-                    queue.desc_table(),
-                    queue.avail_ring(),
-                    queue.used_ring()
-                ));
+                return Err(StartError::RingOutsideMemory {
+                    index,
+                    size: queue.size(),
+                    desc: queue.desc_table(),
+                    avail: queue.avail_ring(),
+                    used: queue.used_ring(),
+                });
             }
-            let mut copy =
-                Queue::try_from(queue.state()).map_err(|e| format!("queue {index}: {e}"))?;
+            let mut copy = Queue::try_from(queue.state())
+                .map_err(|source| StartError::QueueState { index, source })?;
             copy.set_event_idx(event_idx);
             queues.push(copy);
         }
@@ -469,7 +489,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
         })
     }
 
-    fn device_needs_reset(&mut self, device_type: u32, reason: &str) {
+    fn device_needs_reset(&mut self, reason: &StartError) {
+        let device_type = self.device_type;
         warn_once!("virtio device type {device_type} could not start: {reason}; it needs a reset");
         self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
         self.interrupt.trigger(InterruptKind::Config);
@@ -477,16 +498,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     /// Back to the state the driver found at boot, so it can probe the device again.
     fn reset(&mut self) {
-        self.device.reset();
+        self.notifications.reset();
         for queue in &mut self.queues {
             queue.reset();
         }
-        for event in &self.queue_events {
-            // A kick left over from before the reset must not reach the next activation;
-            // an empty eventfd answers WouldBlock, which is what we want.
-            let _ = event.read();
-        }
-        self.early_notifications.fill(false);
         self.interrupt.clear();
         self.status = 0;
         self.acked_features = 0;
@@ -512,7 +527,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_SPACE_START {
             if config_access_is_valid(offset, data.len()) {
-                self.device.read_config(offset - CONFIG_SPACE_START, data);
+                lock(self.device()).read_config(offset - CONFIG_SPACE_START, data);
             } else {
                 data.fill(0);
                 warn_once!(
@@ -537,7 +552,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG_SPACE_START {
             if config_access_is_valid(offset, data.len()) {
-                self.device.write_config(offset - CONFIG_SPACE_START, data);
+                lock(self.device()).write_config(offset - CONFIG_SPACE_START, data);
             } else {
                 warn_once!(
                     "virtio-mmio: {}-byte config write at {offset:#x} is not allowed; ignored",

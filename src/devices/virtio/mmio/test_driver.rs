@@ -2,7 +2,7 @@
 //! `drivers/virtio/virtio.c` do, register by register, and a transport to drive: a device
 //! in 1 MiB of guest RAM with an interrupt line that counts.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
@@ -29,6 +29,7 @@ pub fn guest_memory() -> GuestMemoryMmap {
 /// `device` behind a transport in [`guest_memory`], and the interrupt line it raises.
 pub fn transport<D: VirtioDevice>(device: D) -> (MmioTransport<D>, Arc<CountingInterrupt>) {
     let irq = Arc::new(CountingInterrupt::default());
+    let device = Arc::new(Mutex::new(device));
     let transport = MmioTransport::new(device, guest_memory(), irq.clone()).unwrap();
     (transport, irq)
 }

@@ -1,5 +1,9 @@
 //! The transport driven register by register as Linux drives it, with a dummy device.
 
+use std::sync::{mpsc, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
 use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_FAILED;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::Bytes;
@@ -9,6 +13,8 @@ use super::*;
 use crate::devices::test_support::CountingInterrupt;
 use crate::devices::virtio::test_device::{DummyDevice, DUMMY_DEVICE_TYPE};
 
+/// Long enough never to fire when nothing is wrong; short enough to end a deadlock.
+const HANG_GUARD: Duration = Duration::from_secs(30);
 const BIT0: u64 = 1;
 /// A device-specific feature in the high half (bits 50 to 127 are device-specific).
 const HIGH_BIT: u64 = 1 << 50;
@@ -27,6 +33,11 @@ fn rings() -> [Ring; 2] {
 
 fn status(t: &mut MmioTransport<DummyDevice>) -> u32 {
     read32(t, VIRTIO_MMIO_STATUS)
+}
+
+/// The device, locked as the transport locks it.
+fn dummy(t: &MmioTransport<DummyDevice>) -> MutexGuard<'_, DummyDevice> {
+    lock(t.device())
 }
 
 #[test]
@@ -53,7 +64,7 @@ fn linux_probe_activates_the_device_with_its_queues_and_features() {
     assert_eq!(acked, VERSION_1 | EVENT_IDX | BIT0);
     assert_eq!(status(&mut t), STATUS_RUNNING);
 
-    let device = t.device();
+    let device = dummy(&t);
     assert_eq!(device.activations, 1);
     let running = device.running.as_ref().unwrap();
     assert_eq!(running.acked_features, VERSION_1 | EVENT_IDX | BIT0);
@@ -74,7 +85,8 @@ fn linux_probe_activates_the_device_with_its_queues_and_features() {
 fn a_queue_the_driver_skips_reaches_the_device_not_ready() {
     let (mut t, _) = transport(two_queue_device());
     linux_bring_up(&mut t, VERSION_1, &rings()[..1]).unwrap();
-    let running = t.device().running.as_ref().unwrap();
+    let dummy = dummy(&t);
+    let running = dummy.running.as_ref().unwrap();
     assert!(running.queues[0].ready());
     assert!(!running.queues[1].ready());
     assert!(!running.queues[0].event_idx_enabled());
@@ -95,15 +107,17 @@ fn the_driver_can_only_accept_offered_features() {
     }
     add_status(&mut t2, VIRTIO_CONFIG_S_FEATURES_OK);
     add_status(&mut t2, VIRTIO_CONFIG_S_DRIVER_OK);
-    let running = t2.device().running.as_ref().unwrap();
-    assert_eq!(running.acked_features, VERSION_1 | HIGH_BIT | BIT0);
+    assert_eq!(
+        dummy(&t2).running.as_ref().unwrap().acked_features,
+        VERSION_1 | HIGH_BIT | BIT0
+    );
 
     // Features cannot change once FEATURES_OK is set.
     write32(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
     write32(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, u32::MAX);
     add_status(&mut t, VIRTIO_CONFIG_S_DRIVER_OK);
     assert_eq!(
-        t.device().running.as_ref().unwrap().acked_features,
+        dummy(&t).running.as_ref().unwrap().acked_features,
         VERSION_1 | BIT0
     );
 }
@@ -148,12 +162,12 @@ fn a_driver_without_version_1_is_refused_features_ok_and_can_retry() {
     );
     // A driver that carries on anyway does not start the device.
     add_status(&mut t, VIRTIO_CONFIG_S_DRIVER_OK);
-    assert!(!t.device().is_activated());
+    assert!(!dummy(&t).is_activated());
     assert_eq!(status(&mut t) & VIRTIO_CONFIG_S_DRIVER_OK, 0);
 
     // A modern driver after it gets a working device.
     linux_bring_up(&mut t, VERSION_1, &rings()).unwrap();
-    assert!(t.device().is_activated());
+    assert!(dummy(&t).is_activated());
 }
 
 #[test]
@@ -183,7 +197,7 @@ fn status_bits_must_come_in_order_and_stay_set() {
     write32(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
     write32(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
     add_status(&mut t, VIRTIO_CONFIG_S_DRIVER_OK);
-    assert!(!t.device().is_activated());
+    assert!(!dummy(&t).is_activated());
     assert_eq!(
         status(&mut t),
         VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER
@@ -209,7 +223,7 @@ fn queue_num_max_is_zero_past_the_last_queue() {
     }
     linux_setup_queue(&mut t, 0, rings()[0]).unwrap();
     add_status(&mut t, VIRTIO_CONFIG_S_DRIVER_OK);
-    assert_eq!(t.device().running.as_ref().unwrap().queues.len(), 2);
+    assert_eq!(dummy(&t).running.as_ref().unwrap().queues.len(), 2);
 }
 
 #[test]
@@ -233,7 +247,8 @@ fn queue_sizes_must_be_powers_of_two_within_the_maximum() {
     write32(&mut t, VIRTIO_MMIO_QUEUE_NUM, 512);
     set_up_without_size(&mut t, 0, 0x1_0000);
     add_status(&mut t, VIRTIO_CONFIG_S_DRIVER_OK);
-    let queues = &t.device().running.as_ref().unwrap().queues;
+    let dummy = dummy(&t);
+    let queues = &dummy.running.as_ref().unwrap().queues;
     assert_eq!(queues[1].size(), 32);
     // Queue 0 kept its default size, the maximum.
     assert_eq!(queues[0].size(), 256);
@@ -252,7 +267,8 @@ fn misaligned_ring_addresses_are_refused() {
     write32(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, 0x2_2002);
     write32(&mut t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
     add_status(&mut t, VIRTIO_CONFIG_S_DRIVER_OK);
-    let queues = &t.device().running.as_ref().unwrap().queues;
+    let dummy = dummy(&t);
+    let queues = &dummy.running.as_ref().unwrap().queues;
     assert_eq!(queues[1].desc_table(), 0);
     assert_eq!(queues[1].avail_ring(), 0);
     assert_eq!(queues[1].used_ring(), 0);
@@ -278,7 +294,8 @@ fn queue_registers_are_frozen_once_ready_and_after_driver_ok() {
     write32(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
     write32(&mut t, VIRTIO_MMIO_QUEUE_READY, 0);
     assert_eq!(read32(&mut t, VIRTIO_MMIO_QUEUE_READY), 1);
-    let queues = &t.device().running.as_ref().unwrap().queues;
+    let dummy = dummy(&t);
+    let queues = &dummy.running.as_ref().unwrap().queues;
     assert_eq!(queues[0].size(), r0.size);
     assert_eq!(queues[0].desc_table(), r0.desc);
 }
@@ -292,7 +309,8 @@ fn a_queue_can_be_taken_down_before_driver_ok() {
     assert_eq!(read32(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
     linux_setup_queue(&mut t, 0, Ring::at(0x3_0000, 32)).unwrap();
     add_status(&mut t, VIRTIO_CONFIG_S_DRIVER_OK);
-    let queue = &t.device().running.as_ref().unwrap().queues[0];
+    let dummy = dummy(&t);
+    let queue = &dummy.running.as_ref().unwrap().queues[0];
     assert_eq!((queue.size(), queue.desc_table()), (32, 0x3_0000));
 }
 
@@ -302,10 +320,20 @@ fn rings_outside_guest_memory_make_the_device_need_a_reset() {
     linux_probe(&mut t, VERSION_1).unwrap();
     linux_setup_queue(&mut t, 0, Ring::at(0xf_f000, 256)).unwrap();
     add_status(&mut t, VIRTIO_CONFIG_S_DRIVER_OK);
-    assert!(!t.device().is_activated());
+    assert!(!dummy(&t).is_activated());
     assert_eq!(status(&mut t), STATUS_RUNNING | VIRTIO_CONFIG_S_NEEDS_RESET);
     assert_eq!(read32(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 2);
     assert_eq!(irq.signals(), 1);
+    // The refusal names the queue and where the driver put its rings.
+    match t.activation() {
+        Err(refusal @ StartError::RingOutsideMemory { .. }) => {
+            let message = refusal.to_string();
+            assert!(message.contains("queue 0 (size 256"), "{message}");
+            assert!(message.contains("0xff000"), "{message}");
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("rings outside guest memory accepted"),
+    }
 }
 
 #[test]
@@ -324,12 +352,12 @@ fn a_device_that_fails_to_start_needs_a_reset_and_recovers_after_one() {
     assert_eq!(irq.signals(), 1);
     // Notifications reach nothing.
     write32(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
-    assert!(t.device().processed.is_empty());
+    assert!(dummy(&t).processed.is_empty());
 
-    t.device_mut().fail_activation = false;
+    dummy(&t).fail_activation = false;
     linux_bring_up(&mut t, VERSION_1, &rings()).unwrap();
     assert_eq!(status(&mut t), STATUS_RUNNING);
-    assert!(t.device().is_activated());
+    assert!(dummy(&t).is_activated());
 }
 
 #[test]
@@ -353,7 +381,7 @@ fn config_space_reads_and_writes_reach_the_device_at_every_width() {
     t.write(0x104, &0xdead_beefu32.to_le_bytes());
     t.write(0x108, &u64::MAX.to_le_bytes());
     assert_eq!(
-        t.device().config,
+        dummy(&t).config,
         [0xaa, 1, 0xbb, 0xcc, 0xef, 0xbe, 0xad, 0xde, 255, 255, 255, 255, 255, 255, 255, 255]
     );
     // The last byte of the window is config space too; past the device's config it
@@ -367,7 +395,7 @@ fn config_interrupts_bump_the_generation_and_are_acknowledged() {
     let (mut t, irq) = transport(two_queue_device());
     linux_bring_up(&mut t, VERSION_1, &rings()).unwrap();
     let before = read32(&mut t, VIRTIO_MMIO_CONFIG_GENERATION);
-    t.device()
+    dummy(&t)
         .running
         .as_ref()
         .unwrap()
@@ -389,7 +417,8 @@ fn config_interrupts_bump_the_generation_and_are_acknowledged() {
 fn used_buffers_raise_a_queue_interrupt_until_acknowledged() {
     let mem = guest_memory();
     let irq = Arc::new(CountingInterrupt::default());
-    let mut t = MmioTransport::new(two_queue_device(), mem.clone(), irq.clone()).unwrap();
+    let device = Arc::new(Mutex::new(two_queue_device()));
+    let mut t = MmioTransport::new(device, mem.clone(), irq.clone()).unwrap();
     let mut vq = MockSplitQueue::create(&mem, GuestAddress(0x4_0000), 16);
     let ring = Ring {
         size: 16,
@@ -402,7 +431,7 @@ fn used_buffers_raise_a_queue_interrupt_until_acknowledged() {
     vq.add_chain(1).unwrap();
     // Without ioeventfds the notification is an MMIO write.
     write32(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
-    assert_eq!(t.device().processed, vec![1]);
+    assert_eq!(dummy(&t).processed, vec![1]);
     let used_idx: u16 = mem.read_obj(GuestAddress(vq.used_addr().0 + 2)).unwrap();
     assert_eq!(used_idx, 2);
     assert_eq!(read32(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 1);
@@ -424,10 +453,10 @@ fn notifications_before_driver_ok_wait_for_the_device_to_start() {
     t.notify_queue(1);
     t.notify_queue(1);
     write32(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
-    assert!(t.device().processed.is_empty());
+    assert!(dummy(&t).processed.is_empty());
     // ...but gets it, once, as soon as it runs.
     add_status(&mut t, VIRTIO_CONFIG_S_DRIVER_OK);
-    assert_eq!(t.device().processed, vec![1]);
+    assert_eq!(dummy(&t).processed, vec![1]);
 }
 
 #[test]
@@ -437,7 +466,7 @@ fn a_reset_forgets_early_notifications() {
     linux_setup_queue(&mut t, 0, rings()[0]).unwrap();
     t.notify_queue(0);
     linux_bring_up(&mut t, VERSION_1, &rings()).unwrap();
-    assert!(t.device().processed.is_empty());
+    assert!(dummy(&t).processed.is_empty());
 }
 
 #[test]
@@ -448,9 +477,9 @@ fn notifications_for_queues_that_do_not_exist_are_ignored() {
     t.notify_queue(2);
     t.notify_queue(usize::MAX);
     write32(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 7);
-    assert!(t.device().processed.is_empty());
+    assert!(dummy(&t).processed.is_empty());
     t.notify_queue(0);
-    assert_eq!(t.device().processed, vec![0]);
+    assert_eq!(dummy(&t).processed, vec![0]);
 }
 
 #[test]
@@ -464,11 +493,11 @@ fn reset_returns_to_the_initial_state_and_a_second_probe_works() {
     write32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
     t.queue_events()[0].write(1).unwrap();
     let generation = read32(&mut t, VIRTIO_MMIO_CONFIG_GENERATION);
-    let resets = t.device().resets;
+    let resets = dummy(&t).resets;
 
     write32(&mut t, VIRTIO_MMIO_STATUS, 0);
-    assert_eq!(t.device().resets, resets + 1);
-    assert!(!t.device().is_activated());
+    assert_eq!(dummy(&t).resets, resets + 1);
+    assert!(!dummy(&t).is_activated());
     assert_eq!(t.acked_features, 0);
     let after: Vec<u32> = (0..0x100).step_by(4).map(|o| read32(&mut t, o)).collect();
     let generation_index = (VIRTIO_MMIO_CONFIG_GENERATION / 4) as usize;
@@ -497,13 +526,16 @@ fn reset_returns_to_the_initial_state_and_a_second_probe_works() {
         )
         .unwrap();
         assert_eq!(acked, VERSION_1);
-        let running = t.device().running.as_ref().unwrap();
-        assert_eq!(running.acked_features, VERSION_1);
-        assert_eq!(running.queues[1].size(), size);
-        assert_eq!(running.queues[1].next_avail(), 0);
+        {
+            let dummy = dummy(&t);
+            let running = dummy.running.as_ref().unwrap();
+            assert_eq!(running.acked_features, VERSION_1);
+            assert_eq!(running.queues[1].size(), size);
+            assert_eq!(running.queues[1].next_avail(), 0);
+        }
         write32(&mut t, VIRTIO_MMIO_STATUS, 0);
     }
-    assert_eq!(t.device().activations, 4);
+    assert_eq!(dummy(&t).activations, 4);
     assert_eq!(irq.signals(), 1);
 }
 
@@ -534,13 +566,13 @@ fn invalid_accesses_are_ignored() {
     assert_eq!(read32(&mut t, 0x0f8), 0);
 
     // Config space: 1, 2, 4 or 8 bytes inside the window.
-    let before = t.device().config;
+    let before = dummy(&t).config;
     t.write(0x100, &[9, 9, 9]);
     t.write(0x100, &[9; 16]);
     t.write(0xffe, &[9; 4]);
     t.write(0x1000, &[9]);
     t.write(u64::MAX, &[9]);
-    assert_eq!(t.device().config, before);
+    assert_eq!(dummy(&t).config, before);
     for (offset, len) in [
         (0x100, 3usize),
         (0x100, 16),
@@ -560,7 +592,7 @@ fn invalid_accesses_are_ignored() {
 
     // After all that the device still probes normally.
     linux_bring_up(&mut t, VERSION_1, &rings()).unwrap();
-    assert!(t.device().is_activated());
+    assert!(dummy(&t).is_activated());
 }
 
 #[test]
@@ -590,7 +622,11 @@ fn failed_is_latched_and_only_a_reset_clears_it() {
 #[test]
 fn devices_the_transport_cannot_carry_are_refused() {
     let irq = Arc::new(CountingInterrupt::default());
-    let legacy = MmioTransport::new(DummyDevice::new(BIT0, &[16]), guest_memory(), irq.clone());
+    let legacy = MmioTransport::new(
+        Arc::new(Mutex::new(DummyDevice::new(BIT0, &[16]))),
+        guest_memory(),
+        irq.clone(),
+    );
     assert!(matches!(
         legacy,
         Err(MmioError::NotModern {
@@ -599,7 +635,7 @@ fn devices_the_transport_cannot_carry_are_refused() {
     ));
     for max_size in [0u16, 3, 65535] {
         let bad = MmioTransport::new(
-            DummyDevice::new(VERSION_1, &[16, max_size]),
+            Arc::new(Mutex::new(DummyDevice::new(VERSION_1, &[16, max_size]))),
             guest_memory(),
             irq.clone(),
         );
@@ -610,4 +646,44 @@ fn devices_the_transport_cannot_carry_are_refused() {
             _ => panic!("max size {max_size} accepted"),
         }
     }
+}
+
+#[test]
+fn registers_that_do_not_concern_the_device_do_not_wait_for_it() {
+    let (mut t, _) = transport(two_queue_device());
+    linux_bring_up(&mut t, VERSION_1, &rings()).unwrap();
+    let device = t.device().clone();
+    // The API, or the event loop processing a queue, holds the device.
+    let busy = lock(&device);
+    let (done, finished) = mpsc::channel();
+    thread::spawn(move || {
+        write32(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        write32(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, 1);
+        let answers = [
+            VIRTIO_MMIO_DEVICE_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES,
+            VIRTIO_MMIO_QUEUE_NUM_MAX,
+            VIRTIO_MMIO_QUEUE_READY,
+            VIRTIO_MMIO_INTERRUPT_STATUS,
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_MMIO_CONFIG_GENERATION,
+        ]
+        .map(|register| read32(&mut t, register));
+        let _ = done.send(answers);
+    });
+    let answers = finished.recv_timeout(HANG_GUARD).unwrap();
+    drop(busy);
+    let low_features = (VERSION_1 | EVENT_IDX | BIT0) as u32;
+    assert_eq!(
+        answers,
+        [
+            DUMMY_DEVICE_TYPE,
+            low_features,
+            128,
+            1,
+            0,
+            STATUS_RUNNING,
+            0
+        ]
+    );
 }
