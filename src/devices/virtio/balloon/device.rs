@@ -440,11 +440,6 @@ impl VirtioDevice for Balloon {
                     min: role.min_size(),
                 });
             }
-            if !queue.is_valid(&mem) {
-                return Err(ActivateError::Other(format!(
-                    "queue {index} ({name}) has rings outside guest RAM"
-                )));
-            }
             by_role[role.slot()] = Some(queue);
         }
         self.running = Some(Running {
@@ -454,18 +449,6 @@ impl VirtioDevice for Balloon {
             interrupt,
         });
         self.arm_stats_timer();
-        // The driver queues its first statistics buffer and notifies before it sets
-        // DRIVER_OK; the transport replays that notification, but a device must not rely
-        // on its transport doing so: pick up whatever is already waiting.
-        for role in QueueRole::ALL {
-            if self
-                .running
-                .as_mut()
-                .is_some_and(|r| r.queue(role).is_some())
-            {
-                self.process_role(role);
-            }
-        }
         Ok(())
     }
 

@@ -1,16 +1,18 @@
 //! The balloon behind the virtio-mmio transport, driven register by register as Linux
-//! drives it: the locks the balloon shares with the API and the event loop.
+//! drives it: what the transport does for the balloon (ring checks, notifications from
+//! before DRIVER_OK) and the locks the balloon shares with the API and the event loop.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET};
 use virtio_bindings::virtio_mmio::{
-    VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_STATUS,
+    VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_STATUS,
 };
 
-use super::test_util::{ram, Bench, GUEST_MEM};
+use super::test_util::{ram, stat, Bench, GUEST_MEM};
 use super::{Balloon, BalloonControl, BalloonHandle};
 use crate::devices::bus::lock;
 use crate::devices::test_support::CountingInterrupt;
@@ -51,6 +53,51 @@ fn rings(bench: &Bench) -> Vec<Ring> {
             }
         })
         .collect()
+}
+
+#[test]
+fn the_stats_buffer_kicked_before_driver_ok_is_read_when_the_balloon_starts() {
+    let bench_ram = ram();
+    let mut bench = Bench::parse(&bench_ram, "stats=5");
+    let (balloon, mut t, irq) = balloon_behind_transport("stats=5", &bench_ram);
+    linux_probe(&mut t, u64::MAX).unwrap();
+    for (index, ring) in rings(&bench).into_iter().enumerate() {
+        linux_setup_queue(&mut t, index as u32, ring).unwrap();
+    }
+    // Linux's init_vqs(): the first statistics buffer, queued and kicked before DRIVER_OK.
+    let mut buf = stat(5, 1 << 30);
+    buf.extend(stat(4, 512 << 20));
+    bench.add_readable(2, &buf);
+    write32(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 2);
+    assert_eq!(
+        lock(&balloon).statistics().unwrap().last_update_age_ms,
+        None
+    );
+
+    add_status(&mut t, VIRTIO_CONFIG_S_DRIVER_OK);
+    let s = lock(&balloon).statistics().unwrap();
+    assert_eq!(s.stats.total_memory, Some(1 << 30));
+    assert_eq!(s.stats.free_memory, Some(512 << 20));
+    assert!(s.last_update_age_ms.is_some());
+    // Kept for the next poll: nothing used, no interrupt.
+    assert_eq!(bench.used_count(2), 0);
+    assert_eq!(read32(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+    assert_eq!(irq.signals(), 0);
+}
+
+#[test]
+fn rings_outside_guest_memory_never_reach_the_balloon() {
+    let bench_ram = ram();
+    let bench = Bench::parse(&bench_ram, "");
+    let (balloon, mut t, _) = balloon_behind_transport("", &bench_ram);
+    let mut rings = rings(&bench);
+    rings[0] = Ring::at(GUEST_MEM - 0x1000, 256);
+    linux_bring_up(&mut t, u64::MAX, &rings).unwrap();
+    assert!(!lock(&balloon).info().driver_ready);
+    assert_ne!(
+        read32(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
+        0
+    );
 }
 
 #[test]

@@ -12,6 +12,8 @@
 //! The transport keeps the driver's queue configuration in [`virtio_queue::Queue`]s
 //! (which validate sizes and alignment), checks the rings against guest memory at
 //! DRIVER_OK and hands the device its own copies, with guest memory and the interrupt.
+//! It alone checks rings and replays notifications that came before DRIVER_OK; a device
+//! checks only what is particular to it (which queues it needs, their minimum sizes).
 //!
 //! Every access comes from the guest, so nothing here panics on what the guest writes:
 //! accesses the spec does not allow are ignored and reported once per kind (see
