@@ -57,7 +57,8 @@ pub const MMIO_MAGIC_VALUE: u32 = 0x7472_6976;
 pub const MMIO_VERSION: u32 = 2;
 /// Our `VendorID`: the bytes "VMM\0" as the guest reads them from memory.
 pub const MMIO_VENDOR_ID: u32 = u32::from_le_bytes(*b"VMM\0");
-/// Size of the register window, registers and config space together.
+/// Size of the register window, registers and config space together. The guest memory
+/// map spaces the devices' windows by it.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
 /// Offset of the `QueueNotify` register, where the VMM places the queue ioeventfds.
 pub const MMIO_QUEUE_NOTIFY_OFFSET: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;

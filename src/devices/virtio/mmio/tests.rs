@@ -50,10 +50,9 @@ fn identifies_itself() {
         read32(&mut t, VIRTIO_MMIO_VENDOR_ID).to_le_bytes(),
         *b"VMM\0"
     );
-    assert_eq!(
-        MMIO_WINDOW_SIZE,
-        crate::arch::x86_64::layout::VIRTIO_MMIO_SIZE
-    );
+    // The guest memory map spaces the windows by this constant, and the kernel command
+    // line announces them as `4K@`.
+    assert_eq!(MMIO_WINDOW_SIZE, 0x1000);
 }
 
 #[test]
