@@ -2,7 +2,7 @@
 //! eventfds (KVM ioeventfds on `QueueNotify`) and go through the transport's
 //! [`QueueNotifications`]; the device's own fds (timers) go to
 //! [`VirtioDevice::process_event_fd`]. Neither takes the transport's register lock (the
-//! one a vCPU holds during an MMIO exit): a notification takes the notification lock and
+//! one a vCPU holds during an MMIO exit): a notification takes the notification gate and
 //! then the device's, a timer only the device's.
 
 use std::sync::Arc;

@@ -56,18 +56,8 @@ impl BalloonControl for BalloonHandle {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc;
-    use std::thread;
-    use std::time::Duration;
-
     use super::*;
-    use crate::devices::test_support::CountingInterrupt;
     use crate::devices::virtio::balloon::BalloonConfig;
-    use crate::devices::virtio::mmio::MmioTransport;
-    use crate::memory::{create_guest_memory, MemoryBacking};
-
-    /// Long enough never to fire when nothing is wrong; short enough to end a deadlock.
-    const HANG_GUARD: Duration = Duration::from_secs(30);
 
     fn balloon(config: &str) -> Arc<Mutex<Balloon>> {
         let config = config.parse::<BalloonConfig>().unwrap();
@@ -117,25 +107,5 @@ mod tests {
             Err(BalloonError::HintingDisabled)
         );
         assert_eq!(balloon.hinting_status(), Err(BalloonError::HintingDisabled));
-    }
-
-    #[test]
-    fn an_api_call_does_not_wait_for_the_transport_registers() {
-        let device = balloon("stats=5");
-        let mem = create_guest_memory(64 << 20, MemoryBacking::Anonymous).unwrap();
-        let irq = Arc::new(CountingInterrupt::default());
-        let transport = Mutex::new(MmioTransport::new(device.clone(), mem, irq).unwrap());
-        let handle = BalloonHandle::new(device);
-
-        // A vCPU in the middle of an MMIO exit to the balloon's registers.
-        let registers = lock(&transport);
-        let (done, finished) = mpsc::channel();
-        thread::spawn(move || {
-            let answer = handle.set_target_pages(1024).map(|()| handle.info());
-            let _ = done.send(answer);
-        });
-        let info = finished.recv_timeout(HANG_GUARD).unwrap().unwrap();
-        assert_eq!(info.target_pages, 1024);
-        drop(registers);
     }
 }

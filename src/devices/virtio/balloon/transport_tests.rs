@@ -101,6 +101,25 @@ fn rings_outside_guest_memory_never_reach_the_balloon() {
 }
 
 #[test]
+fn an_api_call_does_not_wait_for_the_transport_registers() {
+    let bench_ram = ram();
+    let (balloon, t, _) = balloon_behind_transport("stats=5", &bench_ram);
+    let registers = Mutex::new(t);
+    let handle = BalloonHandle::new(balloon);
+
+    // A vCPU in the middle of an MMIO exit to the balloon's registers.
+    let exit = lock(&registers);
+    let (done, finished) = mpsc::channel();
+    thread::spawn(move || {
+        let answer = handle.set_target_pages(1024).map(|()| handle.info());
+        let _ = done.send(answer);
+    });
+    let info = finished.recv_timeout(HANG_GUARD).unwrap().unwrap();
+    assert_eq!(info.target_pages, 1024);
+    drop(exit);
+}
+
+#[test]
 fn mmio_exits_notifications_and_api_calls_never_deadlock() {
     // Each thread takes the locks as its real counterpart does: a vCPU the registers (then
     // the notification gate and the balloon), the event loop the gate then the balloon or
