@@ -222,10 +222,10 @@ pub fn attach_balloon(
     config: BalloonConfig,
 ) -> Result<BalloonHandle, BuildError> {
     let slot = layout::MmioDeviceInfo::slot(mmio_devices.len() as u32);
-    let device = Balloon::new(config, memory::ram_size(mem))?;
-    let transport = attach_virtio_device(vm_fd, mem, mmio_bus, event_manager, device, slot)?;
+    let device = Arc::new(Mutex::new(Balloon::new(config, memory::ram_size(mem))?));
+    attach_virtio_device(vm_fd, mem, mmio_bus, event_manager, device.clone(), slot)?;
     mmio_devices.push(slot);
-    Ok(BalloonHandle::new(transport))
+    Ok(BalloonHandle::new(device))
 }
 
 /// Puts a virtio device on the MMIO bus at `slot`: its register window, an ioeventfd per
@@ -236,9 +236,9 @@ pub fn attach_virtio_device<D: VirtioDevice + 'static>(
     mem: &GuestMemoryMmap,
     mmio_bus: &mut Bus,
     event_manager: &mut EventLoop,
-    device: D,
+    device: Arc<Mutex<D>>,
     slot: layout::MmioDeviceInfo,
-) -> Result<Arc<Mutex<MmioTransport<D>>>, BuildError> {
+) -> Result<(), BuildError> {
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("a virtio interrupt"))?;
     vm_fd
         .register_irqfd(&irq, slot.gsi)
@@ -253,12 +253,12 @@ pub fn attach_virtio_device<D: VirtioDevice + 'static>(
             )
             .map_err(kvm_err("registering a virtio queue notification"))?;
     }
-    let transport = Arc::new(Mutex::new(transport));
-    mmio_bus.insert(transport.clone(), slot.addr, slot.len)?;
+    let notifications = transport.notifications();
+    mmio_bus.insert(Arc::new(Mutex::new(transport)), slot.addr, slot.len)?;
     event_manager.add_subscriber(Arc::new(Mutex::new(VirtioMmioEventHandler::new(
-        transport.clone(),
+        notifications,
     ))));
-    Ok(transport)
+    Ok(())
 }
 
 /// Loads the kernel and initrd and writes everything the kernel reads at boot: its

@@ -7,12 +7,12 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::devices::virtio::balloon::{BalloonControl, BalloonError};
-use crate::size::{HumanSize, MIB};
+use crate::devices::virtio::balloon::{target_pages, BalloonControl, BalloonError};
+use crate::size::MIB;
 
 use super::types::{
     Action, ActionType, BalloonBody, BalloonStatsBody, BalloonStatsUpdate, BalloonUpdate,
-    EmptyBody, Fault, HintingStart, HintingStatusBody, VmInfoBody, PAGES_PER_MIB,
+    EmptyBody, Fault, HintingStart, HintingStatusBody, VmInfoBody,
 };
 use super::VmControl;
 
@@ -202,34 +202,14 @@ const AMOUNT_EXAMPLE: &str = r#"{"amount_mib": 512}"#;
 const STATS_EXAMPLE: &str = r#"{"stats_polling_interval_s": 5}"#;
 const ACTION_EXAMPLE: &str = r#"{"action_type": "Shutdown"}"#;
 
+/// The balloon decides which sizes it takes ([`target_pages`]); the route only says which
+/// field its refusal is about.
 fn set_balloon_target(vm: &dyn VmControl, body: RequestBody) -> Answer {
     let balloon = balloon(vm)?;
     let update: BalloonUpdate = required_body(body, "PATCH /balloon", AMOUNT_EXAMPLE)?;
     let requested = u64::from(update.amount_mib) * MIB;
-    let guest_memory = vm.info().memory_bytes;
-    if requested > guest_memory {
-        return Err(Response::fault(
-            400,
-            format!(
-                "amount_mib {} ({}) is larger than guest memory ({}); the balloon cannot take more than the guest has",
-                update.amount_mib,
-                HumanSize(requested),
-                HumanSize(guest_memory)
-            ),
-        ));
-    }
-    let pages = update
-        .amount_mib
-        .checked_mul(PAGES_PER_MIB)
-        .ok_or_else(|| {
-            Response::fault(
-                400,
-                format!(
-                    "amount_mib {} is more 4 KiB pages than the balloon can count",
-                    update.amount_mib
-                ),
-            )
-        })?;
+    let pages = target_pages(requested, vm.info().memory_bytes)
+        .map_err(|e| Response::fault(400, format!("amount_mib {}: {e}", update.amount_mib)))?;
     balloon.set_target_pages(pages).map_err(balloon_fault)?;
     Ok(Response::no_content())
 }

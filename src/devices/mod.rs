@@ -5,10 +5,15 @@
 //! - [`legacy`]: the 8250 serial console, the i8042 (for reset), the ACPI power register
 //!   and the legacy ports Linux probes that we answer with nothing.
 //! - [`virtio`]: the virtio-mmio transport and the balloon.
+//!
+//! Their tests share one interrupt fake, `test_support::CountingInterrupt`.
 
 pub mod bus;
 pub mod legacy;
 pub mod virtio;
+
+#[cfg(test)]
+pub(crate) mod test_support;
 
 use std::io;
 

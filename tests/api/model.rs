@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use vmm::api::{VmControl, VmInfo};
 use vmm::devices::virtio::balloon::{
-    BalloonConfig, BalloonControl, BalloonError, BalloonFeatures, BalloonInfo, BalloonStatistics,
-    GuestStats, HintingStatus,
+    target_pages, BalloonConfig, BalloonControl, BalloonError, BalloonFeatures, BalloonInfo,
+    BalloonStatistics, GuestStats, HintingStatus,
 };
-use vmm::size::{GIB, MIB};
+use vmm::size::{GIB, MIB, PAGE_SIZE};
 
 /// The model VM's memory, and so the largest balloon.
 pub const GUEST_MEMORY: u64 = 2 * GIB;
@@ -93,16 +93,9 @@ impl BalloonControl for ModelBalloon {
         }
     }
 
-    // The rule for the target that every test of PATCH /balloon and `vmm ctl balloon set`
-    // answers by: no larger than guest memory.
+    // The balloon's own rule for a valid target, so the model answers as the device does.
     fn set_target_pages(&self, pages: u32) -> Result<(), BalloonError> {
-        let requested = u64::from(pages) * 4096;
-        if requested > GUEST_MEMORY {
-            return Err(BalloonError::TargetTooLarge {
-                requested,
-                guest_memory: GUEST_MEMORY,
-            });
-        }
+        target_pages(u64::from(pages) * PAGE_SIZE, GUEST_MEMORY)?;
         self.update(|state| state.target_pages = pages);
         self.log(format!("set_target_pages({pages})"));
         Ok(())

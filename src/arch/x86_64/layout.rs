@@ -57,7 +57,7 @@ pub const HIGH_RAM_START: GuestAddress = GuestAddress(MMIO_GAP_END);
 /// First virtio-mmio window; device `n` is at `VIRTIO_MMIO_START + n * VIRTIO_MMIO_SIZE`.
 pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 /// Size of one virtio-mmio window.
-pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+pub const VIRTIO_MMIO_SIZE: u64 = crate::devices::virtio::mmio::MMIO_WINDOW_SIZE;
 /// First GSI given to a virtio-mmio device; device `n` gets `VIRTIO_MMIO_FIRST_GSI + n`.
 pub const VIRTIO_MMIO_FIRST_GSI: u32 = 5;
 /// Number of IOAPIC pins, hence the highest usable GSI + 1.

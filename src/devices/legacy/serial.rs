@@ -105,17 +105,8 @@ impl<W: Write + Send> BusDevice for SerialConsole<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::devices::test_support::CountingInterrupt;
     use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct CountingIrq(AtomicUsize);
-    impl IrqLine for CountingIrq {
-        fn signal(&self) -> io::Result<()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
 
     #[derive(Clone, Default)]
     struct SharedBuf(Arc<Mutex<Vec<u8>>>);
@@ -137,7 +128,7 @@ mod tests {
     #[test]
     fn guest_output_reaches_the_writer() {
         let out = SharedBuf::default();
-        let irq = Arc::new(CountingIrq::default());
+        let irq = Arc::new(CountingInterrupt::default());
         let mut console = SerialConsole::new(irq, out.clone(), EventFd::new(0).unwrap());
         for &b in b"hello\n" {
             console.write(THR, &[b]);
@@ -147,7 +138,7 @@ mod tests {
 
     #[test]
     fn host_input_interrupts_the_guest_and_drains() {
-        let irq = Arc::new(CountingIrq::default());
+        let irq = Arc::new(CountingInterrupt::default());
         let drained = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut console = SerialConsole::new(
             irq.clone(),
@@ -158,7 +149,7 @@ mod tests {
         let capacity = console.input_capacity();
         assert!(capacity > 0);
         assert_eq!(console.enqueue_input(b"ls\n"), 3);
-        assert!(irq.0.load(Ordering::SeqCst) > 0);
+        assert!(irq.signals() > 0);
         let mut read = Vec::new();
         loop {
             let mut lsr = [0u8];
@@ -180,7 +171,7 @@ mod tests {
 
     #[test]
     fn a_full_fifo_takes_only_what_fits() {
-        let irq = Arc::new(CountingIrq::default());
+        let irq = Arc::new(CountingInterrupt::default());
         let mut console = SerialConsole::new(irq, SharedBuf::default(), EventFd::new(0).unwrap());
         let capacity = console.input_capacity();
         let big = vec![b'x'; capacity + 10];

@@ -65,22 +65,22 @@ impl VirtioInterrupt for MmioInterrupt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::mmio::test_support::CountingIrq;
+    use crate::devices::test_support::CountingInterrupt;
 
     #[test]
     fn trigger_sets_the_reason_and_signals_the_line() {
-        let irq = Arc::new(CountingIrq::default());
+        let irq = Arc::new(CountingInterrupt::default());
         let interrupt = MmioInterrupt::new(irq.clone());
 
         interrupt.trigger(InterruptKind::Queue);
         assert_eq!(interrupt.status(), 1);
         assert_eq!(interrupt.config_generation(), 0);
-        assert_eq!(irq.count(), 1);
+        assert_eq!(irq.signals(), 1);
 
         interrupt.trigger(InterruptKind::Config);
         assert_eq!(interrupt.status(), 3);
         assert_eq!(interrupt.config_generation(), 1);
-        assert_eq!(irq.count(), 2);
+        assert_eq!(irq.signals(), 2);
 
         interrupt.acknowledge(1);
         assert_eq!(interrupt.status(), 2);
@@ -90,7 +90,7 @@ mod tests {
 
     #[test]
     fn clear_keeps_the_generation() {
-        let interrupt = MmioInterrupt::new(Arc::new(CountingIrq::default()));
+        let interrupt = MmioInterrupt::new(Arc::new(CountingInterrupt::default()));
         interrupt.trigger(InterruptKind::Config);
         interrupt.clear();
         assert_eq!(interrupt.status(), 0);

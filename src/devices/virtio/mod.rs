@@ -4,13 +4,20 @@
 //! A device implements [`VirtioDevice`]: it declares its type, features, queues and
 //! config space, and processes its queues once the driver has set them up. The transport
 //! ([`mmio::MmioTransport`]) does everything else: registers, feature negotiation, status,
-//! queue set-up, interrupts and reset. [`event_handler`] connects the queue notifications
-//! (ioeventfds) and a device's own timers to the event loop.
+//! queue set-up and the checks of the rings against guest memory, notifications that
+//! come before the device runs, interrupts and reset. [`event_handler`] connects the queue
+//! notifications (ioeventfds) and a device's own timers to the event loop.
+//!
+//! A device is shared as itself, an `Arc<Mutex<D>>`: the transport, the event loop and
+//! whoever else drives it (the API, for the balloon) each hold it and take its lock.
 
 pub mod balloon;
 pub mod event_handler;
 pub mod interrupt;
 pub mod mmio;
+
+#[cfg(test)]
+pub(crate) mod test_device;
 
 use std::os::unix::io::RawFd;
 use std::sync::Arc;
@@ -47,7 +54,8 @@ pub struct Activation {
     /// Guest RAM.
     pub mem: GuestMemoryMmap,
     /// The device's queues, in index order, as the driver configured them. A queue the
-    /// driver did not enable is present but not ready (`Queue::ready()` is false).
+    /// driver did not enable is present but not ready (`Queue::ready()` is false); the
+    /// rings of every ready queue lie in guest RAM (the transport checked them).
     pub queues: Vec<Queue>,
     /// The features the driver accepted (a subset of [`VirtioDevice::device_features`]).
     pub acked_features: u64,
@@ -88,13 +96,17 @@ pub trait VirtioDevice: Send {
     /// driver may not write.
     fn write_config(&mut self, offset: u64, data: &[u8]);
 
-    /// Starts the device. On error the transport sets DEVICE_NEEDS_RESET.
+    /// Starts the device. It checks what is particular to it (which queues it needs, their
+    /// sizes); the transport has checked the rings and, right after this returns `Ok`,
+    /// delivers the notifications the driver sent before DRIVER_OK. On error the transport
+    /// sets DEVICE_NEEDS_RESET.
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
 
     /// Whether [`activate`](Self::activate) succeeded and no reset happened since.
     fn is_activated(&self) -> bool;
 
-    /// Called when the driver notifies queue `index`. Only called once activated.
+    /// Called when the driver notifies queue `index`. The transport calls it only once the
+    /// device is activated.
     fn process_queue(&mut self, index: usize);
 
     /// Returns the device to its state before activation: queues, memory and interrupt

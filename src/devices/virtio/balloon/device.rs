@@ -18,8 +18,8 @@ use super::reporting::process_reporting;
 use super::stats::StatsState;
 use super::warnings::{Warning, Warnings};
 use super::{
-    BalloonConfig, BalloonError, BalloonInfo, BalloonStatistics, HintingStatus, BALLOON_PAGE_SIZE,
-    MAX_STATS_INTERVAL_S, VIRTIO_BALLOON_F_PAGE_POISON,
+    target_pages, BalloonConfig, BalloonError, BalloonInfo, BalloonStatistics, HintingStatus,
+    BALLOON_PAGE_SIZE, MAX_STATS_INTERVAL_S, VIRTIO_BALLOON_F_PAGE_POISON,
 };
 use crate::devices::virtio::{
     ActivateError, Activation, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
@@ -107,20 +107,12 @@ pub struct Balloon {
 
 impl Balloon {
     /// A balloon for a guest with `guest_memory_bytes` of RAM. Its target starts at
-    /// `config.initial_size`, which must not exceed guest memory.
+    /// `config.initial_size`, which [`target_pages`] must accept.
     pub fn new(
         config: BalloonConfig,
         guest_memory_bytes: u64,
     ) -> Result<Balloon, BalloonSetupError> {
-        let too_large = BalloonError::TargetTooLarge {
-            requested: config.initial_size,
-            guest_memory: guest_memory_bytes,
-        };
-        if config.initial_size > guest_memory_bytes {
-            return Err(too_large.into());
-        }
-        let target_pages =
-            u32::try_from(config.initial_size / BALLOON_PAGE_SIZE).map_err(|_| too_large)?;
+        let target_pages = target_pages(config.initial_size, guest_memory_bytes)?;
         if config.stats_interval_s > MAX_STATS_INTERVAL_S {
             return Err(BalloonError::IntervalTooLarge(config.stats_interval_s.into()).into());
         }
@@ -170,16 +162,14 @@ impl Balloon {
         }
     }
 
-    /// Sets the target in 4 KiB pages. Once the driver runs the device, a configuration
-    /// interrupt tells it at once; before, the driver reads the target when it starts.
+    /// Sets the target in 4 KiB pages, if [`target_pages`] accepts it. Once the driver
+    /// runs the device, a configuration interrupt tells it at once; before, the driver
+    /// reads the target when it starts.
     pub fn set_target_pages(&mut self, pages: u32) -> Result<(), BalloonError> {
-        let requested = u64::from(pages) * BALLOON_PAGE_SIZE;
-        if requested > self.guest_memory_bytes {
-            return Err(BalloonError::TargetTooLarge {
-                requested,
-                guest_memory: self.guest_memory_bytes,
-            });
-        }
+        target_pages(
+            u64::from(pages) * BALLOON_PAGE_SIZE,
+            self.guest_memory_bytes,
+        )?;
         self.target_pages = pages;
         self.notify_config_change();
         Ok(())
@@ -450,11 +440,6 @@ impl VirtioDevice for Balloon {
                     min: role.min_size(),
                 });
             }
-            if !queue.is_valid(&mem) {
-                return Err(ActivateError::Other(format!(
-                    "queue {index} ({name}) has rings outside guest RAM"
-                )));
-            }
             by_role[role.slot()] = Some(queue);
         }
         self.running = Some(Running {
@@ -464,18 +449,6 @@ impl VirtioDevice for Balloon {
             interrupt,
         });
         self.arm_stats_timer();
-        // The driver queues its first statistics buffer and notifies before it sets
-        // DRIVER_OK; the transport replays that notification, but a device must not rely
-        // on its transport doing so: pick up whatever is already waiting.
-        for role in QueueRole::ALL {
-            if self
-                .running
-                .as_mut()
-                .is_some_and(|r| r.queue(role).is_some())
-            {
-                self.process_role(role);
-            }
-        }
         Ok(())
     }
 

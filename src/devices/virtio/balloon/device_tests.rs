@@ -365,6 +365,9 @@ fn the_stats_buffer_queued_before_driver_ok_is_read_at_activation_and_kept() {
         1
     );
     bench.activate().unwrap();
+    // The transport delivers the kick the driver sent before DRIVER_OK right after the
+    // device starts (transport_tests.rs drives this through the registers).
+    bench.notify(2);
     let s = bench.balloon.statistics().unwrap();
     assert_eq!(s.stats.total_memory, Some(1 << 30));
     assert_eq!(s.stats.free_memory, Some(512 << 20));
@@ -382,6 +385,7 @@ fn a_timer_event_before_the_interval_elapsed_changes_nothing() {
     let mut bench = Bench::parse(&bench_ram, "stats=60");
     bench.add_readable(2, &stat(4, 1));
     bench.activate().unwrap();
+    bench.notify(2); // the driver's kick from before DRIVER_OK, as the transport replays it
     let fd = bench.balloon.event_fds()[0];
     assert!(!is_readable_now(fd));
     bench.balloon.process_event_fd(fd);
@@ -397,6 +401,7 @@ fn polling_hands_the_buffer_back_and_reads_the_refill() {
     let mut bench = Bench::parse(&bench_ram, "stats=0");
     let head = bench.add_readable(2, &stat(4, 100));
     bench.activate().unwrap();
+    bench.notify(2); // the driver's kick from before DRIVER_OK, as the transport replays it
     let fd = bench.balloon.event_fds()[0];
     assert!(!is_readable_now(fd), "interval 0 never fires");
     bench.balloon.set_stats_interval(1).unwrap();
@@ -891,7 +896,8 @@ fn a_queue_whose_feature_the_driver_declined_may_stay_unset() {
 }
 
 #[test]
-fn activation_checks_the_queue_count_and_rings() {
+fn activation_checks_the_queue_count() {
+    // Rings outside guest RAM are the transport's to refuse: transport_tests.rs.
     let bench_ram = ram();
     let mut bench = Bench::parse(&bench_ram, "stats");
     let mut queues = bench.queues();
@@ -901,14 +907,6 @@ fn activation_checks_the_queue_count_and_rings() {
         bench.balloon.activate(activation),
         Err(ActivateError::Other(_))
     ));
-
-    let mut queues = bench.queues();
-    queues[0].set_desc_table_address(Some(0), Some(1));
-    let activation = bench.activation(bench.balloon.device_features(), queues);
-    match bench.balloon.activate(activation) {
-        Err(ActivateError::Other(msg)) => assert!(msg.contains("inflateq"), "{msg}"),
-        other => panic!("{other:?}"),
-    }
     assert!(!bench.balloon.is_activated());
 }
 
@@ -918,6 +916,7 @@ fn reset_forgets_the_run_but_keeps_the_target_and_config() {
     let mut bench = Bench::parse(&bench_ram, "stats=0,free-page-hint,size=4M");
     bench.add_readable(2, &stat(4, 5));
     bench.activate().unwrap();
+    bench.notify(2); // the driver's kick from before DRIVER_OK, as the transport replays it
     bench.balloon.set_target_pages(2048).unwrap();
     bench.balloon.write_config(4, &2048u32.to_le_bytes());
     bench.balloon.start_hinting(false).unwrap();

@@ -1,57 +1,56 @@
 //! [`BalloonHandle`]: the balloon of a running VM behind the one small interface the rest
-//! of the VMM uses, [`BalloonControl`]. Each call takes the transport's lock for as long
-//! as the device needs to update its state and, where the guest must be told, raise a
-//! config interrupt; none waits for the guest.
+//! of the VMM uses, [`BalloonControl`].
+//!
+//! The handle holds the balloon itself, the same `Arc<Mutex<Balloon>>` the virtio-mmio
+//! transport holds. Each call takes only the balloon's lock, for as long as the device
+//! needs to update its state and, where the guest must be told, raise a config interrupt:
+//! it never waits for a vCPU's exit to the transport's registers nor for another device,
+//! and never for the guest.
 
 use std::sync::{Arc, Mutex};
 
 use super::{Balloon, BalloonControl, BalloonError, BalloonInfo, BalloonStatistics, HintingStatus};
-use crate::devices::virtio::mmio::MmioTransport;
 use crate::sync::lock;
 
-/// A running balloon, shared with the MMIO bus and the event loop.
+/// A running balloon, shared with its transport and the event loop.
 #[derive(Clone)]
 pub struct BalloonHandle {
-    transport: Arc<Mutex<MmioTransport<Balloon>>>,
+    balloon: Arc<Mutex<Balloon>>,
 }
 
 impl BalloonHandle {
-    pub fn new(transport: Arc<Mutex<MmioTransport<Balloon>>>) -> Self {
-        BalloonHandle { transport }
+    pub fn new(balloon: Arc<Mutex<Balloon>>) -> Self {
+        BalloonHandle { balloon }
     }
 }
 
 impl BalloonControl for BalloonHandle {
     fn info(&self) -> BalloonInfo {
-        lock(&self.transport).device().info()
+        lock(&self.balloon).info()
     }
 
     fn set_target_pages(&self, pages: u32) -> Result<(), BalloonError> {
-        lock(&self.transport).device_mut().set_target_pages(pages)
+        lock(&self.balloon).set_target_pages(pages)
     }
 
     fn statistics(&self) -> Result<BalloonStatistics, BalloonError> {
-        lock(&self.transport).device().statistics()
+        lock(&self.balloon).statistics()
     }
 
     fn set_stats_interval(&self, seconds: u32) -> Result<(), BalloonError> {
-        lock(&self.transport)
-            .device_mut()
-            .set_stats_interval(seconds)
+        lock(&self.balloon).set_stats_interval(seconds)
     }
 
     fn start_hinting(&self, acknowledge_on_stop: bool) -> Result<(), BalloonError> {
-        lock(&self.transport)
-            .device_mut()
-            .start_hinting(acknowledge_on_stop)
+        lock(&self.balloon).start_hinting(acknowledge_on_stop)
     }
 
     fn hinting_status(&self) -> Result<HintingStatus, BalloonError> {
-        lock(&self.transport).device().hinting_status()
+        lock(&self.balloon).hinting_status()
     }
 
     fn stop_hinting(&self) -> Result<(), BalloonError> {
-        lock(&self.transport).device_mut().stop_hinting()
+        lock(&self.balloon).stop_hinting()
     }
 }
 
@@ -59,25 +58,14 @@ impl BalloonControl for BalloonHandle {
 mod tests {
     use super::*;
     use crate::devices::virtio::balloon::BalloonConfig;
-    use crate::devices::IrqLine;
-    use crate::memory::{create_guest_memory, MemoryBacking};
 
-    struct NoIrq;
-    impl IrqLine for NoIrq {
-        fn signal(&self) -> std::io::Result<()> {
-            Ok(())
-        }
+    fn balloon(config: &str) -> Arc<Mutex<Balloon>> {
+        let config = config.parse::<BalloonConfig>().unwrap();
+        Arc::new(Mutex::new(Balloon::new(config, 64 << 20).unwrap()))
     }
 
     fn handle(config: &str) -> BalloonHandle {
-        let mem = create_guest_memory(
-            &[(vm_memory::GuestAddress(0), 64 << 20)],
-            MemoryBacking::Anonymous,
-        )
-        .unwrap();
-        let balloon = Balloon::new(config.parse::<BalloonConfig>().unwrap(), 64 << 20).unwrap();
-        let transport = MmioTransport::new(balloon, mem, Arc::new(NoIrq)).unwrap();
-        BalloonHandle::new(Arc::new(Mutex::new(transport)))
+        BalloonHandle::new(balloon(config))
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The virtio memory balloon (device ID 5).
 //!
 //! This file holds the public interface the rest of the VMM and the API build on: the
-//! configuration, the information and statistics types, the errors and [`BalloonControl`].
+//! configuration, the information and statistics types, the errors, the size rule
+//! ([`target_pages`]) and [`BalloonControl`].
 //! The device itself is [`Balloon`]; one file per concern:
 //!
 //! - [`layout`]: which queue index serves which role, from the offered features.
@@ -32,13 +33,15 @@ mod warnings;
 mod device_tests;
 #[cfg(test)]
 mod test_util;
+#[cfg(test)]
+mod transport_tests;
 
 pub use config::{BalloonConfigError, MAX_STATS_INTERVAL_S};
 pub use device::{Balloon, BalloonCounters, BalloonSetupError};
 pub use handle::BalloonHandle;
 pub use layout::{QueueLayout, QueueRole};
 
-use crate::size::PAGE_SIZE;
+use crate::size::{HumanSize, PAGE_SIZE};
 
 /// `VIRTIO_BALLOON_F_MUST_TELL_HOST`: the guest tells the host before it reuses deflated pages.
 pub const VIRTIO_BALLOON_F_MUST_TELL_HOST: u32 = 0;
@@ -144,9 +147,19 @@ pub struct HintingStatus {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BalloonError {
     #[error(
-        "balloon target of {requested} bytes is larger than guest memory ({guest_memory} bytes)"
+        "balloon size {} ({requested} bytes) is larger than guest memory ({}); \
+         the balloon cannot take more than the guest has",
+        HumanSize(*requested),
+        HumanSize(*guest_memory)
     )]
     TargetTooLarge { requested: u64, guest_memory: u64 },
+    #[error(
+        "balloon size {} ({requested} bytes) is more 4 KiB pages than the balloon can count \
+         (at most {})",
+        HumanSize(*requested),
+        u32::MAX
+    )]
+    TargetTooManyPages { requested: u64 },
     #[error("balloon statistics are not enabled; start vmm with --balloon stats")]
     StatsDisabled,
     #[error("free page hinting is not enabled; start vmm with --balloon free-page-hint")]
@@ -155,13 +168,30 @@ pub enum BalloonError {
     IntervalTooLarge(u64),
 }
 
+/// The balloon's size rule: a balloon of `requested` bytes in a guest with `guest_memory`
+/// bytes of RAM, as a target in 4 KiB pages (a partial page does not count). The balloon
+/// can take at most all of guest memory, and counts its pages in 32 bits (the
+/// configuration space's `num_pages`). `Balloon::new`, `Balloon::set_target_pages` and
+/// the API all ask this function.
+pub fn target_pages(requested: u64, guest_memory: u64) -> Result<u32, BalloonError> {
+    if requested > guest_memory {
+        return Err(BalloonError::TargetTooLarge {
+            requested,
+            guest_memory,
+        });
+    }
+    u32::try_from(requested / BALLOON_PAGE_SIZE)
+        .map_err(|_| BalloonError::TargetTooManyPages { requested })
+}
+
 /// The one small interface through which the VMM reads and sets the balloon while the
 /// guest runs. The API is built on it; tests implement it with a model.
 pub trait BalloonControl: Send + Sync {
     /// Configuration, target, actual size and negotiation state.
     fn info(&self) -> BalloonInfo;
     /// Sets the balloon target (memory taken from the guest) in 4 KiB pages and tells the
-    /// guest at once with a config interrupt. Never waits for the guest.
+    /// guest at once with a config interrupt. Never waits for the guest. A target
+    /// [`target_pages`] refuses is refused with its error.
     fn set_target_pages(&self, pages: u32) -> Result<(), BalloonError>;
     /// The latest statistics; never waits for the guest.
     fn statistics(&self) -> Result<BalloonStatistics, BalloonError>;

@@ -156,7 +156,6 @@ pub(super) fn discard_free_range(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::x86_64::layout::{HIGH_RAM_START, MMIO_GAP_START};
     use crate::memory::{create_guest_memory, resident_bytes, MemoryBacking};
     use crate::size::MIB;
     use vm_memory::Bytes;
@@ -221,24 +220,20 @@ mod tests {
 
     #[test]
     fn a_range_across_the_mmio_gap_is_split_at_the_regions() {
-        // Address space only: nothing is touched, so this costs no host memory.
-        let mem = create_guest_memory(
-            &[
-                (GuestAddress(0), MMIO_GAP_START),
-                (HIGH_RAM_START, (4 << 30) - MMIO_GAP_START),
-            ],
-            MemoryBacking::Anonymous,
-        )
+        // RAM in two regions with a hole between them, as below and above an MMIO gap.
+        const GAP_START: u64 = 16 * MIB;
+        const HIGH_RAM_START: u64 = 48 * MIB;
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), GAP_START as usize),
+            (GuestAddress(HIGH_RAM_START), (16 * MIB) as usize),
+        ])
         .unwrap();
-        let start = MMIO_GAP_START - MIB;
-        let end = HIGH_RAM_START.raw_value() + MIB;
+        let start = GAP_START - MIB;
+        let end = HIGH_RAM_START + MIB;
         let outcome = discard_in_ram(&mem, start, end - start);
         assert_eq!(outcome.discarded, 2 * MIB);
-        assert_eq!(
-            outcome.outside_ram,
-            HIGH_RAM_START.raw_value() - MMIO_GAP_START
-        );
-        assert_eq!(outcome.first_outside, Some(MMIO_GAP_START));
+        assert_eq!(outcome.outside_ram, HIGH_RAM_START - GAP_START);
+        assert_eq!(outcome.first_outside, Some(GAP_START));
         assert_eq!(outcome.calls, 2);
     }
 

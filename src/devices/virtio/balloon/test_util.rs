@@ -1,7 +1,6 @@
 //! A test bench for the balloon: real guest memory, mock split queues in it, and an
 //! interrupt that counts what it is asked to raise.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
@@ -12,9 +11,8 @@ use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::layout::QueueRole;
 use super::{Balloon, BalloonConfig};
-use crate::devices::virtio::{
-    ActivateError, Activation, InterruptKind, VirtioDevice, VirtioInterrupt,
-};
+use crate::devices::test_support::CountingInterrupt;
+use crate::devices::virtio::{ActivateError, Activation, VirtioDevice};
 use crate::memory::{create_guest_memory, GuestMemoryMmap, MemoryBacking};
 use crate::size::MIB;
 
@@ -32,32 +30,6 @@ pub const DATA_AREA: u64 = 4 * MIB;
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
 const VRING_DESC_F_INDIRECT: u16 = 4;
-
-/// Counts interrupts by kind.
-#[derive(Debug, Default)]
-pub struct CountingInterrupt {
-    queue: AtomicUsize,
-    config: AtomicUsize,
-}
-
-impl CountingInterrupt {
-    pub fn queue(&self) -> usize {
-        self.queue.load(Ordering::SeqCst)
-    }
-
-    pub fn config(&self) -> usize {
-        self.config.load(Ordering::SeqCst)
-    }
-}
-
-impl VirtioInterrupt for CountingInterrupt {
-    fn trigger(&self, kind: InterruptKind) {
-        match kind {
-            InterruptKind::Queue => self.queue.fetch_add(1, Ordering::SeqCst),
-            InterruptKind::Config => self.config.fetch_add(1, Ordering::SeqCst),
-        };
-    }
-}
 
 /// One descriptor of a chain, from the device's point of view.
 #[derive(Debug, Clone, Copy)]
