@@ -96,7 +96,7 @@ main() {
     logs=$LOGS
 
     run_stage fmt "$logs/fmt" cargo fmt --check
-    run_stage clippy "$logs/clippy" cargo clippy --all-targets -- -D warnings
+    run_stage clippy "$logs/clippy" cargo clippy --all-targets --all-features -- -D warnings
     run_stage tests "$logs/tests" unit_tests
     count_tests "$logs/tests" '^ *Summary .* tests? run:|^test result:'
     local mode="not run"

@@ -16,6 +16,7 @@
 //! - [`console`]: the host's stdin fed to the guest's serial console.
 //! - [`vmm`]: wiring: builds the VM, runs the event loop, stops it.
 //! - [`api`]: the HTTP/JSON API on a Unix socket and its client (`vmm ctl`).
+//! - [`test_hooks`]: faults the boot tests inject on purpose (only with the `test-hooks` feature).
 
 pub mod api;
 pub mod arch;
@@ -30,5 +31,6 @@ pub mod memory;
 pub mod size;
 pub mod sync;
 pub mod terminal;
+pub mod test_hooks;
 pub mod vcpu;
 pub mod vmm;
