@@ -18,7 +18,7 @@ use log::LevelFilter;
 use vmm::api::CtlArgs;
 use vmm::config::{VmConfig, DEFAULT_MEMORY};
 use vmm::devices::virtio::balloon::BalloonConfig;
-use vmm::lifecycle::StopReason;
+use vmm::lifecycle::exit_status;
 use vmm::logging::LogConfig;
 use vmm::memory::MemoryBacking;
 use vmm::size::parse_size;
@@ -146,7 +146,10 @@ fn clap_error(e: clap::Error) -> ExitCode {
                 .collect();
             let first = message.join(" ");
             let first = first.trim_start_matches("error: ");
-            fail(format_args!("vmm: {first} (see vmm --help)"), 2)
+            fail(
+                format_args!("vmm: {first} (see vmm --help)"),
+                exit_status::USAGE,
+            )
         }
     }
 }
@@ -161,13 +164,16 @@ fn run_ctl(args: &CtlArgs) -> ExitCode {
 
 fn run_vm(args: RunArgs) -> ExitCode {
     let Some(kernel) = args.kernel else {
-        return fail("vmm: --kernel is required (see vmm --help)", 2);
+        return fail(
+            "vmm: --kernel is required (see vmm --help)",
+            exit_status::USAGE,
+        );
     };
     let rust_log = match std::env::var("RUST_LOG") {
         Ok(spec) => Some(spec),
         Err(std::env::VarError::NotPresent) => None,
         Err(std::env::VarError::NotUnicode(_)) => {
-            return fail("vmm: RUST_LOG is not valid UTF-8", 2);
+            return fail("vmm: RUST_LOG is not valid UTF-8", exit_status::USAGE);
         }
     };
     let log_config = LogConfig {
@@ -175,7 +181,7 @@ fn run_vm(args: RunArgs) -> ExitCode {
         rust_log,
     };
     if let Err(e) = vmm::logging::init(&log_config, Box::new(io::stderr())) {
-        return fail(format_args!("vmm: {e}"), 2);
+        return fail(format_args!("vmm: {e}"), exit_status::USAGE);
     }
     let config = VmConfig {
         kernel,
@@ -193,9 +199,11 @@ fn run_vm(args: RunArgs) -> ExitCode {
     let outcome = vmm::vmm::run(config);
     vmm::terminal::restore();
     match outcome {
-        Ok(StopReason::Error(reason)) => fail(format_args!("vmm: {reason}"), 1),
-        Ok(reason) => ExitCode::from(reason.exit_code() as u8),
-        Err(e) => fail(format_args!("vmm: {e}"), 1),
+        Ok(reason) => match reason.report() {
+            Some(line) => fail(format_args!("vmm: {line}"), reason.exit_code()),
+            None => ExitCode::from(reason.exit_code()),
+        },
+        Err(e) => fail(format_args!("vmm: {e}"), exit_status::VMM_ERROR),
     }
 }
 

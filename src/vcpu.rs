@@ -306,17 +306,17 @@ fn handle_exit(index: u8, exit: VcpuExit<'_>, io_bus: &Bus, mmio_bus: &Bus) -> E
         }
         VcpuExit::Hlt => return ExitOutcome::Stop(StopReason::Halted),
         VcpuExit::Shutdown => {
-            return ExitOutcome::Stop(StopReason::Error(format!(
+            return ExitOutcome::Stop(StopReason::GuestFault(format!(
                 "the guest triple-faulted on vCPU {index}"
             )))
         }
         VcpuExit::FailEntry(reason, cpu) => {
-            return ExitOutcome::Stop(StopReason::Error(format!(
+            return ExitOutcome::Stop(StopReason::GuestFault(format!(
                 "KVM could not enter the guest on vCPU {index} (hardware reason {reason:#x}, cpu {cpu})"
             )))
         }
         VcpuExit::InternalError => {
-            return ExitOutcome::Stop(StopReason::Error(format!(
+            return ExitOutcome::Stop(StopReason::GuestFault(format!(
                 "KVM internal error on vCPU {index}"
             )))
         }
@@ -374,7 +374,7 @@ mod tests {
     fn a_triple_fault_is_an_error() {
         let bus = Bus::new();
         match handle_exit(1, VcpuExit::Shutdown, &bus, &bus) {
-            ExitOutcome::Stop(StopReason::Error(msg)) => assert!(msg.contains("vCPU 1")),
+            ExitOutcome::Stop(StopReason::GuestFault(msg)) => assert!(msg.contains("vCPU 1")),
             _ => panic!("a triple fault must stop the VM with an error"),
         }
     }

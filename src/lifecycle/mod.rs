@@ -44,6 +44,28 @@ impl SetupError {
     }
 }
 
+/// vmm's exit statuses, one per kind of ending, so that a supervisor (systemd, a container
+/// runtime) can tell them apart. README.md has the same table for users.
+pub mod exit_status {
+    /// The guest powered off, reset or halted for good, or the API asked for a shutdown.
+    pub const OK: u8 = 0;
+    /// vmm failed: it could not start the VM (no KVM, a kernel that is not a bzImage, a
+    /// size the host cannot give...), or KVM or the event loop failed under it.
+    pub const VMM_ERROR: u8 = 1;
+    /// The command line does not parse (an unknown flag, a malformed value).
+    pub const USAGE: u8 = 2;
+    /// The guest kernel panicked (it said so through pvpanic or a KVM crash event).
+    pub const GUEST_PANIC: u8 = 3;
+    /// The guest's CPU state broke: a triple fault, or KVM could not run it.
+    pub const GUEST_FAULT: u8 = 4;
+    /// A thread of vmm panicked; the VM was stopped (fail-stop).
+    pub const VMM_PANIC: u8 = 5;
+    /// Added to the number of the termination signal that ended vmm (SIGTERM: 143).
+    pub const SIGNAL_BASE: u8 = 128;
+    /// A thread of vmm made a system call its seccomp filter refuses (128 + SIGSYS).
+    pub const SECCOMP_VIOLATION: u8 = SIGNAL_BASE + libc::SIGSYS as u8;
+}
+
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
@@ -57,21 +79,46 @@ pub enum StopReason {
     ShutdownRequested,
     /// vmm received a termination signal.
     Signal(i32),
-    /// The guest or KVM failed (triple fault, internal error, failed entry).
+    /// The guest kernel reported a panic or crash; the text says how.
+    GuestPanic(String),
+    /// The guest's CPU state broke (triple fault, failed entry, KVM internal error).
+    GuestFault(String),
+    /// A thread of vmm panicked; the text names the thread and the panic.
+    VmmPanic(String),
+    /// vmm itself failed while the VM ran (a KVM call, the event loop).
     Error(String),
 }
 
 impl StopReason {
-    /// vmm's exit status for this reason: 0 for what a guest or user does on purpose,
-    /// 128 + signal number for signals, 1 for failures.
-    pub fn exit_code(&self) -> i32 {
+    /// vmm's exit status for this reason (see [`exit_status`]).
+    pub fn exit_code(&self) -> u8 {
         match self {
             StopReason::PowerOff
             | StopReason::Reset
             | StopReason::Halted
-            | StopReason::ShutdownRequested => 0,
-            StopReason::Signal(signum) => 128 + signum,
-            StopReason::Error(_) => 1,
+            | StopReason::ShutdownRequested => exit_status::OK,
+            StopReason::Signal(signum) => {
+                exit_status::SIGNAL_BASE.saturating_add(u8::try_from(*signum).unwrap_or(0))
+            }
+            StopReason::GuestPanic(_) => exit_status::GUEST_PANIC,
+            StopReason::GuestFault(_) => exit_status::GUEST_FAULT,
+            StopReason::VmmPanic(_) => exit_status::VMM_PANIC,
+            StopReason::Error(_) => exit_status::VMM_ERROR,
+        }
+    }
+
+    /// The one line vmm prints on its way out for an ending that is not the normal one,
+    /// or `None` when the status says it all.
+    pub fn report(&self) -> Option<String> {
+        match self {
+            StopReason::PowerOff
+            | StopReason::Reset
+            | StopReason::Halted
+            | StopReason::ShutdownRequested
+            | StopReason::Signal(_) => None,
+            StopReason::GuestPanic(what) => Some(format!("the guest panicked: {what}")),
+            StopReason::GuestFault(what) | StopReason::Error(what) => Some(what.clone()),
+            StopReason::VmmPanic(what) => Some(format!("stopped the VM: {what}")),
         }
     }
 }
@@ -155,6 +202,24 @@ mod tests {
         assert_eq!(StopReason::Halted.exit_code(), 0);
         assert_eq!(StopReason::ShutdownRequested.exit_code(), 0);
         assert_eq!(StopReason::Signal(15).exit_code(), 143);
-        assert_eq!(StopReason::Error("triple fault".into()).exit_code(), 1);
+        assert_eq!(StopReason::Error("event loop failed".into()).exit_code(), 1);
+        assert_eq!(StopReason::GuestPanic("pvpanic".into()).exit_code(), 3);
+        assert_eq!(StopReason::GuestFault("triple fault".into()).exit_code(), 4);
+        assert_eq!(StopReason::VmmPanic("vcpu0".into()).exit_code(), 5);
+        assert_eq!(exit_status::SECCOMP_VIOLATION, 159);
+    }
+
+    #[test]
+    fn only_abnormal_endings_print_a_line() {
+        assert_eq!(StopReason::PowerOff.report(), None);
+        assert_eq!(StopReason::Signal(15).report(), None);
+        assert_eq!(
+            StopReason::GuestFault("the guest triple-faulted on vCPU 1".into()).report(),
+            Some("the guest triple-faulted on vCPU 1".into())
+        );
+        assert_eq!(
+            StopReason::GuestPanic("pvpanic".into()).report(),
+            Some("the guest panicked: pvpanic".into())
+        );
     }
 }
