@@ -17,11 +17,13 @@ use kvm_bindings::{
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::arch::x86_64::boot::{self, BootError, LoadedKernel};
 use crate::arch::x86_64::cmdline::{self, CmdlineError};
 use crate::arch::x86_64::{acpi, layout, mptable};
 use crate::config::VmConfig;
+use crate::console::input::TerminalEvents;
 use crate::console::{ConsoleError, ConsoleInput, ConsoleSink, SerialMode};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::acpi_power::AcpiPowerDevice;
@@ -213,9 +215,15 @@ pub fn attach_serial_console(
         u64::from(layout::SERIAL_PORT_SIZE),
     )?;
     if *mode == SerialMode::Stdio {
-        // A terminal is read only in the foreground; `fg` (SIGCONT) is when to look again.
-        let continued = if crate::terminal::stdin_is_terminal() {
-            Some(crate::terminal::continue_event()?)
+        // A terminal is read only in the foreground (see crate::console::input).
+        let terminal = if crate::terminal::stdin_is_terminal() {
+            Some(TerminalEvents {
+                continued: crate::terminal::continue_event()?,
+                poll: TimerFd::new().map_err(|e| BuildError::Io {
+                    what: "the terminal's foreground timer",
+                    source: std::io::Error::from_raw_os_error(e.errno()),
+                })?,
+            })
         } else {
             None
         };
@@ -223,7 +231,7 @@ pub fn attach_serial_console(
             libc::STDIN_FILENO,
             serial,
             input_drained,
-            continued,
+            terminal,
         ))));
     }
     Ok(console)

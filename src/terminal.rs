@@ -12,9 +12,11 @@
 //!   settings under a shell.
 //! - `SIGTTIN` is ignored, so a read from the terminal in the background fails with `EIO`
 //!   instead of stopping vmm; the console input then waits for the foreground.
-//! - `fg` continues a job with `SIGCONT` (shells send it whether or not the job was
-//!   stopped): [`continue_event`] turns it into an eventfd, and the console input checks
-//!   again whether vmm is now in the foreground, and takes the terminal if so.
+//! - When vmm gets the foreground, the console input takes the terminal. `fg` of a
+//!   stopped job sends `SIGCONT`, which [`continue_event`] turns into an eventfd; `fg` of
+//!   a job that was running in the background sends nothing (bash, for one), so the
+//!   console input also looks every half second while vmm is in the background
+//!   ([`crate::console::input`]).
 //!
 //! The settings restored at exit are those the terminal had the first time vmm made it
 //! raw, and they are restored only if vmm is still in the foreground: a shell that took the

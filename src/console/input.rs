@@ -7,17 +7,20 @@
 //!
 //! When stdin is a terminal, it is read only while vmm is the terminal's foreground
 //! process, which is also when it is in raw mode ([`crate::terminal`]). In the background
-//! nothing is read (a read there fails with `EIO`, as `SIGTTIN` is ignored); when vmm is
-//! continued (`fg` sends `SIGCONT`), it checks again and takes the terminal if it now has
-//! the foreground.
+//! nothing is read (a read there fails with `EIO`, as `SIGTTIN` is ignored). vmm takes the
+//! terminal when it gets the foreground: shells send `SIGCONT` when `fg` continues a
+//! stopped job, but not when the job was running in the background all along, so while in
+//! the background vmm also looks every [`FOREGROUND_POLL`].
 
 use std::io::Write;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::devices::legacy::serial::SerialConsole;
 use crate::sync::lock;
@@ -47,20 +50,31 @@ pub struct ConsoleInput<W: Write + Send> {
     terminal: Option<TerminalState>,
 }
 
+/// How often vmm, in the background of its terminal, looks whether it got the foreground.
+pub const FOREGROUND_POLL: Duration = Duration::from_millis(500);
+
+/// The events that tell a console input on a terminal to look whether vmm has the
+/// foreground: `SIGCONT` ([`terminal::continue_event`]) and a timer for the background.
+pub struct TerminalEvents {
+    pub continued: RawFd,
+    pub poll: TimerFd,
+}
+
 struct TerminalState {
-    continued: RawFd,
+    events: TerminalEvents,
     owned: bool,
+    polling: bool,
 }
 
 impl<W: Write + Send> ConsoleInput<W> {
     /// Forwards `input` (normally stdin) to `serial`. `input_drained` is the event the
-    /// serial device signals when the guest has read everything. `continued`, given when
-    /// `input` is a terminal, is the event of [`terminal::continue_event`].
+    /// serial device signals when the guest has read everything. `terminal` is given when
+    /// `input` is a terminal.
     pub fn new(
         input: RawFd,
         serial: Arc<Mutex<SerialConsole<W>>>,
         input_drained: EventFd,
-        continued: Option<RawFd>,
+        terminal: Option<TerminalEvents>,
     ) -> Self {
         ConsoleInput {
             input,
@@ -69,9 +83,10 @@ impl<W: Write + Send> ConsoleInput<W> {
             pending: Vec::new(),
             input_open: true,
             watching_input: false,
-            terminal: continued.map(|continued| TerminalState {
-                continued,
+            terminal: terminal.map(|events| TerminalState {
+                events,
                 owned: false,
+                polling: false,
             }),
         }
     }
@@ -110,7 +125,8 @@ impl<W: Write + Send> ConsoleInput<W> {
         self.pending.is_empty()
     }
 
-    /// Takes the terminal if vmm is in its foreground, lets go of it otherwise.
+    /// Takes the terminal if vmm is in its foreground, lets go of it otherwise; looks
+    /// again every [`FOREGROUND_POLL`] while in the background.
     fn check_foreground(&mut self) {
         let Some(state) = &mut self.terminal else {
             return;
@@ -121,12 +137,32 @@ impl<W: Write + Send> ConsoleInput<W> {
             state.owned = false;
             terminal::left_foreground();
         }
+        Self::poll_while_background(state);
     }
 
     fn lost_foreground(&mut self) {
         if let Some(state) = &mut self.terminal {
             state.owned = false;
             terminal::left_foreground();
+            Self::poll_while_background(state);
+        }
+    }
+
+    fn poll_while_background(state: &mut TerminalState) {
+        let poll = !state.owned;
+        if poll == state.polling {
+            return;
+        }
+        let armed = if poll {
+            state
+                .events
+                .poll
+                .reset(FOREGROUND_POLL, Some(FOREGROUND_POLL))
+        } else {
+            state.events.poll.clear()
+        };
+        if armed.is_ok() {
+            state.polling = poll;
         }
     }
 
@@ -160,7 +196,12 @@ impl<W: Write + Send> MutEventSubscriber for ConsoleInput<W> {
     fn init(&mut self, ops: &mut EventOps) {
         let _ = ops.add(Events::new(&self.input_drained, EventSet::IN));
         if let Some(state) = &self.terminal {
-            let _ = ops.add(Events::with_data_raw(state.continued, 0, EventSet::IN));
+            let _ = ops.add(Events::with_data_raw(
+                state.events.continued,
+                0,
+                EventSet::IN,
+            ));
+            let _ = ops.add(Events::new(&state.events.poll, EventSet::IN));
         }
         self.check_foreground();
         let watch = self.wants_input();
@@ -168,11 +209,22 @@ impl<W: Write + Send> MutEventSubscriber for ConsoleInput<W> {
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let continued = self.terminal.as_ref().map(|state| state.continued);
+        let (continued, poll) = match &self.terminal {
+            Some(state) => (
+                Some(state.events.continued),
+                Some(state.events.poll.as_raw_fd()),
+            ),
+            None => (None, None),
+        };
         if events.fd() == self.input_drained.as_raw_fd() {
             let _ = self.input_drained.read();
         } else if Some(events.fd()) == continued {
             terminal::ack_continue(events.fd());
+            self.check_foreground();
+        } else if Some(events.fd()) == poll {
+            if let Some(state) = &mut self.terminal {
+                let _ = state.events.poll.wait();
+            }
             self.check_foreground();
         } else if events.fd() == self.input {
             if events.event_set().contains(EventSet::IN) {
