@@ -20,7 +20,7 @@ use log::LevelFilter;
 
 use vmm::api::CtlArgs;
 use vmm::config::{VmConfig, DEFAULT_MEMORY};
-use vmm::console::SerialMode;
+use vmm::console::{ConsoleOutput, SerialMode};
 use vmm::devices::virtio::balloon::BalloonConfig;
 use vmm::lifecycle::{exit_status, fail_stop};
 use vmm::logging::LogConfig;
@@ -210,27 +210,11 @@ fn run_vm(args: RunArgs) -> ExitCode {
         level: args.log_level.map(LevelFilter::from),
         rust_log,
     };
-    let log_output: Box<dyn Write + Send> = match &args.log_file {
-        None => Box::new(io::stderr()),
-        Some(path) => match OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(file) => Box::new(file),
-            Err(e) => {
-                return fail(
-                    format_args!(
-                        "vmm: --log-file {}: cannot open it for appending: {e}",
-                        path.display()
-                    ),
-                    exit_status::VMM_ERROR,
-                )
-            }
-        },
+    let log_output = match open_log_output(args.log_file.as_deref()) {
+        Ok(output) => output,
+        Err(line) => return fail(line, exit_status::VMM_ERROR),
     };
-    if let Err(e) = vmm::logging::init(&log_config, log_output) {
+    if let Err(e) = vmm::logging::init(&log_config, Box::new(log_output.writer())) {
         return fail(format_args!("vmm: {e}"), exit_status::USAGE);
     }
     let config = VmConfig {
@@ -249,6 +233,16 @@ fn run_vm(args: RunArgs) -> ExitCode {
     };
     let outcome = vmm::vmm::run(config);
     vmm::terminal::restore();
+    // The last log lines come before the line that ends vmm (if the log's reader keeps up).
+    log_output.flush();
+    // A panic ends vmm with its status even if it came after the VM was asked to stop
+    // for another reason (the guest powered off, then a thread panicked on the way out).
+    if let Some(what) = fail_stop::first_panic() {
+        return fail(
+            format_args!("vmm: stopped the VM: {what}"),
+            exit_status::VMM_PANIC,
+        );
+    }
     match outcome {
         Ok(reason) => match reason.report() {
             Some(line) => fail(format_args!("vmm: {line}"), reason.exit_code()),
@@ -257,6 +251,38 @@ fn run_vm(args: RunArgs) -> ExitCode {
         Err(e) => fail(format_args!("vmm: {e}"), exit_status::VMM_ERROR),
     }
 }
+
+/// The log's output: stderr, or the `--log-file` opened for appending, written by a thread
+/// of its own so that logging never blocks (see `vmm::console::output`). On error, the
+/// line to end vmm with.
+fn open_log_output(log_file: Option<&std::path::Path>) -> Result<ConsoleOutput, String> {
+    use std::os::fd::{AsFd, OwnedFd};
+    let (fd, name): (OwnedFd, String) = match log_file {
+        None => match io::stderr().as_fd().try_clone_to_owned() {
+            Ok(fd) => (fd, "stderr".to_string()),
+            Err(e) => return Err(format!("vmm: cannot set up logging to stderr: {e}")),
+        },
+        Some(path) => {
+            let file = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| {
+                    format!(
+                        "vmm: --log-file {}: cannot open it for appending: {e}",
+                        path.display()
+                    )
+                })?;
+            (file.into(), path.display().to_string())
+        }
+    };
+    ConsoleOutput::start_for_log(fd, &name, LOG_BUFFER_BYTES)
+        .map_err(|e| format!("vmm: cannot start the logging thread: {e}"))
+}
+
+/// Log lines held while stderr (or the log file) is not taking them.
+const LOG_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Writes the one line that ends vmm on an error, and returns `status`.
 fn fail(line: impl Display, status: u8) -> ExitCode {

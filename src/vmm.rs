@@ -65,6 +65,9 @@ impl Vm {
         let mem = builder::create_guest_memory(config.mem_size, config.mem_backing)?;
         builder::register_memory(&vm_fd, &mem)?;
         let lifecycle = Arc::new(Lifecycle::new().map_err(SetupError::io("the stop event"))?);
+        // From here on, a panic on any thread (the console writer, the API server, a vCPU)
+        // stops this VM.
+        fail_stop::stop_on_panic(&lifecycle);
 
         let mut io_bus = Bus::new();
         let mut mmio_bus = Bus::new();
@@ -151,7 +154,6 @@ impl Vm {
     /// stuck beyond [`JOIN_TIMEOUT`](crate::lifecycle::vcpu_threads::JOIN_TIMEOUT),
     /// reported) when this returns or unwinds.
     pub fn run(mut self) -> Result<StopReason, VmmError> {
-        fail_stop::stop_on_panic(&self.lifecycle);
         let vcpus = Arc::new(VcpuThreads::start(
             std::mem::take(&mut self.vcpus),
             self.lifecycle.clone(),

@@ -14,6 +14,11 @@
 //! bytes, waking a flush). It is never joined: it may be stuck in `write` for as long as
 //! the reader stalls, and process exit ends it. [`ConsoleOutput::flush`] gives it a bounded
 //! time to write out what the guest printed last before vmm exits.
+//!
+//! vmm's log takes the same path ([`ConsoleOutput::start_for_log`], thread `vmm-log`), so
+//! that a vCPU logging a warning cannot block on a stderr nobody reads either (with
+//! `2>&1`, guest output alone fills that pipe). Dropped log bytes are counted but not
+//! logged: the log is what is stalled.
 
 use std::collections::VecDeque;
 use std::io;
@@ -117,6 +122,8 @@ struct Shared {
     counters: Arc<ConsoleCounters>,
     /// What the output is, for messages: "stdout", "/var/log/guest.log".
     name: String,
+    /// Whether dropped bytes and write errors are logged (not for the log's own output).
+    report: bool,
 }
 
 impl Shared {
@@ -131,9 +138,25 @@ pub struct ConsoleOutput {
 }
 
 impl ConsoleOutput {
-    /// Starts the `vmm-console` thread writing to `out`, named `name` in messages, with a
-    /// buffer of `capacity` bytes.
+    /// Starts the `vmm-console` thread writing guest output to `out`, named `name` in
+    /// messages, with a buffer of `capacity` bytes.
     pub fn start(out: OwnedFd, name: &str, capacity: usize) -> io::Result<ConsoleOutput> {
+        Self::start_thread(out, name, capacity, "vmm-console", true)
+    }
+
+    /// Starts the `vmm-log` thread writing vmm's log to `out`: the same path, but dropped
+    /// bytes and write errors are only counted (logging them would feed the log itself).
+    pub fn start_for_log(out: OwnedFd, name: &str, capacity: usize) -> io::Result<ConsoleOutput> {
+        Self::start_thread(out, name, capacity, "vmm-log", false)
+    }
+
+    fn start_thread(
+        out: OwnedFd,
+        name: &str,
+        capacity: usize,
+        thread_name: &str,
+        report: bool,
+    ) -> io::Result<ConsoleOutput> {
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer {
                 bytes: VecDeque::with_capacity(capacity),
@@ -146,10 +169,11 @@ impl ConsoleOutput {
             progress: Condvar::new(),
             counters: Arc::new(ConsoleCounters::default()),
             name: name.to_string(),
+            report,
         });
         let for_thread = shared.clone();
         thread::Builder::new()
-            .name("vmm-console".to_string())
+            .name(thread_name.to_string())
             .spawn(move || write_loop(&for_thread, &out))?;
         Ok(ConsoleOutput { shared })
     }
@@ -210,7 +234,7 @@ impl io::Write for ConsoleWriter {
             buffer.drop_warnings.accepted();
         } else {
             self.shared.counters.add_dropped(lost);
-            if buffer.drop_warnings.dropped(Instant::now()) {
+            if buffer.drop_warnings.dropped(Instant::now()) && self.shared.report {
                 log::warn!(
                     "guest console output: {} is not being read fast enough; dropping output \
                      ({} bytes dropped so far; this warning repeats at most once a minute)",
@@ -264,7 +288,7 @@ fn write_loop(shared: &Shared, out: &OwnedFd) {
                     // EPIPE (the reader is gone), EIO (a hung-up terminal), ENOSPC: the
                     // bytes are lost; the VM goes on. Later chunks are tried again, as the
                     // output may recover (disk space freed).
-                    if !reported_error {
+                    if !reported_error && shared.report {
                         reported_error = true;
                         log::warn!(
                             "guest console output: cannot write to {}: {e}; output is dropped \

@@ -21,6 +21,7 @@
 pub mod http;
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -402,8 +403,8 @@ impl GuestVmBuilder {
         self
     }
 
-    /// Gives the VMM a stdout that is a pipe nobody reads: once it is full, every write
-    /// to it would block. The console is then empty for the test: use `spawn`, not `boot`.
+    /// Gives the VMM a stdout that is a pipe nobody reads, one page big: once it is full,
+    /// every write to it would block. The console is then empty for the test: use `spawn`, not `boot`.
     pub fn stdout_unread(mut self) -> Self {
         self.stdout_unread = true;
         self
@@ -533,6 +534,9 @@ impl GuestVm {
         let bin = vmm_bin();
         let (stdout, unread_stdout) = if stdout_unread {
             let (read_end, write_end) = pipe();
+            // As small as the kernel allows (a page), so that it fills sooner.
+            // SAFETY: fcntl on an open pipe descriptor; failure leaves the default size.
+            unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
             (Stdio::from(write_end), Some(read_end))
         } else {
             (Stdio::piped(), None)

@@ -1,17 +1,23 @@
-//! vmm on a real terminal, driven through tmux: started in the background (`vmm … &`) it
-//! keeps running (job control never stops it), leaves the terminal to the shell, and takes
-//! it (raw mode) only when `fg` brings it to the foreground; when it ends, the terminal
-//! is as the shell left it.
+//! The console with a guest of a few instructions built here, on the host's own KVM:
 //!
-//! Needs tmux and a `/dev/kvm` that can create a VM, but no guest that boots: the guest is
-//! a few instructions built here, and the terminal handling this checks happens whatever
-//! the guest does. That is why this is not a boot test: it runs where tmux is (the host),
-//! not inside the nested KVM host, whose initramfs has busybox only.
+//! - on a real terminal, driven through tmux: started in the background (`vmm … &`) vmm
+//!   keeps running (job control never stops it), leaves the terminal to the shell, and
+//!   takes it (raw mode) only when `fg` brings it to the foreground; when it ends, the
+//!   terminal is as the shell left it;
+//! - with stdout and stderr on one pipe nobody reads (`2>&1`), a guest printing without
+//!   end never blocks vmm: the API answers and SIGTERM ends it.
+//!
+//! These need a `/dev/kvm` that can create a VM and run a few instructions, but no guest
+//! that boots (the machines where KVM cannot boot Linux still run these), and the terminal
+//! test needs tmux. They are not boot tests: they run where tmux is, not inside the nested
+//! KVM host, whose initramfs has busybox only.
 
 mod common;
 
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use vmm_sys_util::tempdir::TempDir;
@@ -20,9 +26,19 @@ use vmm_sys_util::tempdir::TempDir;
 /// measure of speed.
 const REACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A bzImage whose 64-bit entry prints `message` on COM1 with one `rep outsb` and then
-/// spins. Enough for vmm to load and run; the setup header has the fields it checks.
-fn tiny_bzimage(dir: &Path, message: &[u8]) -> PathBuf {
+/// What the tiny guest does after printing its message.
+#[derive(Clone, Copy)]
+enum Then {
+    /// Spin (`pause` in a loop).
+    Spin,
+    /// Print it again, forever.
+    Repeat,
+}
+
+/// A bzImage whose 64-bit entry prints `message` on COM1 with one `rep outsb`, then does
+/// what `then` says. Enough for vmm to load and run; the setup header has the fields it
+/// checks.
+fn tiny_bzimage(dir: &Path, message: &[u8], then: Then) -> PathBuf {
     const SETUP_SECTS: usize = 4;
     let entry = (SETUP_SECTS + 1) * 512 + 0x200;
     let mut image = vec![0u8; entry + 4096];
@@ -41,11 +57,11 @@ fn tiny_bzimage(dir: &Path, message: &[u8]) -> PathBuf {
         0xb9, // mov ecx, len
     ];
     code.extend_from_slice(&len.to_le_bytes());
-    code.extend_from_slice(&[
-        0xf3, 0x6e, // rep outsb
-        0xf3, 0x90, // pause
-        0xeb, 0xfc, // jmp back to the pause
-    ]);
+    code.extend_from_slice(&[0xf3, 0x6e]); // rep outsb
+    code.extend_from_slice(match then {
+        Then::Spin => &[0xf3, 0x90, 0xeb, 0xfc], // pause; jmp back to the pause
+        Then::Repeat => &[0x90, 0x90, 0xeb, 0xea], // nop; nop; jmp back to the start
+    });
     code.extend_from_slice(message);
     image[entry..entry + code.len()].copy_from_slice(&code);
     let path = dir.join("tiny-bzImage");
@@ -196,14 +212,69 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[test]
-fn vmm_in_the_background_is_never_stopped_and_takes_the_terminal_only_in_the_foreground() {
+fn need_kvm() {
     let kvm = kvm_ioctls::Kvm::new().and_then(|kvm| kvm.create_vm().map(|_| ()));
     if let Err(e) = kvm {
         panic!("this test needs a /dev/kvm that can create a VM (the guest need not boot): {e}");
     }
+}
+
+#[test]
+fn output_nobody_reads_never_blocks_vmm() {
+    need_kvm();
+    let dir: TempDir = common::temp_dir("unread");
+    let kernel = tiny_bzimage(dir.as_path(), &[b'x'; 4000], Then::Repeat);
+    let socket = dir.as_path().join("api.sock");
+    // stdout and stderr: one pipe nobody reads (`2>&1 | sleep`), one page big. Guest
+    // output fills it at once; the log lines saying output is dropped find it full too.
+    let (read_end, write_end) = common::pipe();
+    // SAFETY: fcntl on an open pipe descriptor; failure leaves the default size.
+    unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    let mut vmm = Command::new(common::vmm_bin())
+        .args([
+            "--kernel",
+            kernel.to_str().expect("UTF-8 path"),
+            "--mem",
+            "64M",
+        ])
+        .arg("--api-sock")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(write_end.try_clone().expect("dup"))
+        .stderr(write_end)
+        .spawn()
+        .expect("cannot start vmm");
+    let _kill = KillOnDrop(vmm.id());
+    // The pipe is full once what it holds stops growing: nobody reads it, and the guest
+    // prints without end. (It may hold less than a page: a log line and a chunk of guest
+    // output do not always fit together.)
+    let mut last = 0;
+    common::wait_until(common::scaled(REACTION_TIMEOUT), "the pipe to fill", || {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD on the pipe's read end, which we own, writes one int.
+        unsafe { libc::ioctl(read_end.as_raw_fd(), libc::FIONREAD, &mut queued) };
+        let full = queued > 0 && queued == last;
+        last = queued;
+        full.then_some(())
+    });
+    // The guest prints on, into a full pipe; the API answers all the same.
+    let info = common::http::get_json(&socket, "/vm");
+    assert_eq!(info["state"], "Running", "{info}");
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(vmm.id() as i32, libc::SIGTERM) }, 0);
+    let status = common::wait_until(common::scaled(REACTION_TIMEOUT), "vmm to exit", || {
+        vmm.try_wait().expect("wait for vmm")
+    });
+    assert_eq!((status.code(), status.signal()), (Some(143), None));
+    assert!(!socket.exists(), "the API socket is removed on the way out");
+    drop(read_end);
+}
+
+#[test]
+fn vmm_in_the_background_is_never_stopped_and_takes_the_terminal_only_in_the_foreground() {
+    need_kvm();
     let dir: TempDir = common::temp_dir("terminal");
-    let kernel = tiny_bzimage(dir.as_path(), b"TINY-GUEST-OUTPUT\r\n");
+    let kernel = tiny_bzimage(dir.as_path(), b"TINY-GUEST-OUTPUT\r\n", Then::Spin);
     let stderr = dir.as_path().join("vmm.stderr");
     // bash without line editing reads the terminal in canonical mode with echo, so the
     // terminal's settings say whether vmm changed them.
