@@ -10,7 +10,7 @@
 //! ([`crate::lifecycle::fail_stop`]).
 //!
 //! Exits: port I/O goes to the port bus one access at a time, string instructions
-//! (`rep outsb`) included ([`PortIo`]); MMIO to the MMIO bus; KVM's system events become
+//! (`rep outsb`) included (`PortIo`); MMIO to the MMIO bus; KVM's system events become
 //! the [`StopReason`] they mean (a crash is a guest panic, not a power-off).
 //!
 //! Halt detection: with an in-kernel irqchip, a guest that halts (`halt -f`) leaves its
