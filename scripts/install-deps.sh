@@ -16,6 +16,7 @@ PACKAGES=(
     jq              # reading cargo's JSON messages
     xz-utils zstd   # compressed kernel modules, should a kernel ship them
     curl socat      # talking to the API socket by hand and in tests
+    tmux            # a real terminal for tests/console_host.rs
 )
 
 missing=()

@@ -17,21 +17,23 @@ use kvm_bindings::{
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::arch::x86_64::boot::{self, BootError, LoadedKernel};
 use crate::arch::x86_64::cmdline::{self, CmdlineError};
 use crate::arch::x86_64::{acpi, layout, mptable};
 use crate::config::VmConfig;
-use crate::console::ConsoleInput;
+use crate::console::input::TerminalEvents;
+use crate::console::{ConsoleError, ConsoleInput, ConsoleSink, SerialMode};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::acpi_power::AcpiPowerDevice;
 use crate::devices::legacy::i8042::I8042;
-use crate::devices::legacy::serial::{SerialConsole, UnbufferedFd};
+use crate::devices::legacy::serial::SerialConsole;
 use crate::devices::virtio::balloon::{Balloon, BalloonConfig, BalloonHandle, BalloonSetupError};
 use crate::devices::virtio::event_handler::VirtioMmioEventHandler;
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, MMIO_QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::VirtioDevice;
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Lifecycle, SetupError};
 use crate::memory::{self, GuestMemoryMmap, MemoryBacking, MemoryError};
 use crate::vcpu::{self, Vcpu, VcpuError, VcpuSetup};
 
@@ -80,6 +82,10 @@ pub enum BuildError {
     Balloon(#[from] BalloonSetupError),
     #[error("cannot set up the virtio-mmio transport: {0}")]
     Mmio(#[from] MmioError),
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -157,16 +163,17 @@ pub fn create_event_loop() -> Result<EventLoop, BuildError> {
     EventLoop::new().map_err(|e| BuildError::EventLoop(e.to_string()))
 }
 
-/// The legacy devices on the port-I/O bus: COM1 as the console (stdin → serial through
-/// the event loop), the i8042 for reset and the ACPI sleep control register for
-/// power-off, both of which stop the VM through `lifecycle`.
+/// The legacy devices on the port-I/O bus: COM1 as the console (see [`attach_serial_console`]),
+/// the i8042 for reset and the ACPI sleep control register for power-off, both of which
+/// stop the VM through `lifecycle`. Returns the console's output.
 pub fn attach_legacy_devices(
     vm_fd: &VmFd,
     io_bus: &mut Bus,
     event_manager: &mut EventLoop,
     lifecycle: &Arc<Lifecycle>,
-) -> Result<(), BuildError> {
-    attach_serial_console(vm_fd, io_bus, event_manager)?;
+    serial: &SerialMode,
+) -> Result<ConsoleSink, BuildError> {
+    let console = attach_serial_console(vm_fd, io_bus, event_manager, serial)?;
     io_bus.insert(
         Arc::new(Mutex::new(I8042::new(lifecycle.clone()))),
         u64::from(layout::I8042_PORT_BASE),
@@ -177,23 +184,27 @@ pub fn attach_legacy_devices(
         u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
         2,
     )?;
-    Ok(())
+    Ok(console)
 }
 
-fn attach_serial_console(
+/// COM1, its output as `mode` says (never blocking the vCPU that writes it), and with
+/// `--serial stdio` stdin fed to it by the event loop.
+pub fn attach_serial_console(
     vm_fd: &VmFd,
     io_bus: &mut Bus,
     event_manager: &mut EventLoop,
-) -> Result<(), BuildError> {
+    mode: &SerialMode,
+) -> Result<ConsoleSink, BuildError> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("the serial interrupt"))?;
     vm_fd
         .register_irqfd(&serial_irq, layout::SERIAL_GSI)
         .map_err(kvm_err("wiring the serial interrupt"))?;
     let input_drained =
         EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("the serial input event"))?;
+    let console = ConsoleSink::open(mode)?;
     let serial = Arc::new(Mutex::new(SerialConsole::new(
         Arc::new(serial_irq),
-        UnbufferedFd(libc::STDOUT_FILENO),
+        console.writer(),
         input_drained
             .try_clone()
             .map_err(io_err("the serial input event"))?,
@@ -203,12 +214,27 @@ fn attach_serial_console(
         u64::from(layout::SERIAL_PORT_BASE),
         u64::from(layout::SERIAL_PORT_SIZE),
     )?;
-    event_manager.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
-        libc::STDIN_FILENO,
-        serial,
-        input_drained,
-    ))));
-    Ok(())
+    if *mode == SerialMode::Stdio {
+        // A terminal is read only in the foreground (see crate::console::input).
+        let terminal = if crate::terminal::stdin_is_terminal() {
+            Some(TerminalEvents {
+                continued: crate::terminal::continue_event()?,
+                poll: TimerFd::new().map_err(|e| BuildError::Io {
+                    what: "the terminal's foreground timer",
+                    source: std::io::Error::from_raw_os_error(e.errno()),
+                })?,
+            })
+        } else {
+            None
+        };
+        event_manager.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
+            libc::STDIN_FILENO,
+            serial,
+            input_drained,
+            terminal,
+        ))));
+    }
+    Ok(console)
 }
 
 /// Puts a balloon in the next free virtio-mmio slot and records the slot in

@@ -13,7 +13,9 @@
 //! - [`builder`]: builds a VM step by step: KVM, memory, devices, boot, vCPUs.
 //! - [`lifecycle`]: why and how a VM stops: stop reasons, termination signals, the halt probe.
 //! - [`controller`]: the running VM as the API sees it.
-//! - [`console`]: the host's stdin fed to the guest's serial console.
+//! - [`console`]: the guest's serial console on the host (`--serial`): output that never
+//!   blocks the VM, stdin fed to the guest.
+//! - [`terminal`]: the host terminal: raw mode only in the foreground, restored on exit.
 //! - [`vmm`]: wiring: builds the VM, runs the event loop, stops it.
 //! - [`api`]: the HTTP/JSON API on a Unix socket and its client (`vmm ctl`).
 //! - [`test_hooks`]: faults the boot tests inject on purpose (only with the `test-hooks` feature).

@@ -8,7 +8,9 @@
 //!   path, say) can break a line in two or drive the terminal.
 //! - Which messages pass: [`LogConfig`], from `--log-level` and `RUST_LOG`.
 //! - Writing never fails loudly: an error writing a line (stderr closed, a pipe nobody
-//!   reads) loses that line and nothing else.
+//!   reads) loses that line and nothing else. vmm gives [`init`] a writer that never
+//!   blocks either (`main` passes the `vmm-log` thread's buffer, see
+//!   [`crate::console::output`]), writing to stderr or to `--log-file`.
 //! - A guest can repeat a fault as fast as it can run; logging each one would let it fill
 //!   the host's log. [`WarningCounter`] counts every occurrence of one warning and logs only
 //!   the first; [`warn_once!`](crate::warn_once) gives each call site its own counter. The

@@ -8,7 +8,10 @@
 //! them.
 
 use std::fmt::Display;
+use std::fs::OpenOptions;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,8 +20,9 @@ use log::LevelFilter;
 
 use vmm::api::CtlArgs;
 use vmm::config::{VmConfig, DEFAULT_MEMORY};
+use vmm::console::{ConsoleOutput, SerialMode};
 use vmm::devices::virtio::balloon::BalloonConfig;
-use vmm::lifecycle::exit_status;
+use vmm::lifecycle::{exit_status, fail_stop};
 use vmm::logging::LogConfig;
 use vmm::memory::MemoryBacking;
 use vmm::size::parse_size;
@@ -73,10 +77,18 @@ struct RunArgs {
     /// Serve the JSON API on this Unix socket (mode 0600; removed when vmm exits).
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
-    /// Log messages of this level and above to stderr [default: warn]. Sets the level of
-    /// every module; module directives in RUST_LOG (virtio_queue=debug) still apply.
+    /// Log messages of this level and above [default: warn]. Sets the level of every
+    /// module; module directives in RUST_LOG (virtio_queue=debug) still apply.
     #[arg(long, value_name = "LEVEL", value_enum)]
     log_level: Option<LogLevel>,
+    /// Append log messages to this file instead of writing them to stderr (mode 0600 when
+    /// created). The line that ends vmm on an error still goes to stderr.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+    /// The guest's serial console: stdio (stdout, and stdin when vmm is in the foreground
+    /// of its terminal), file=PATH (output appended to PATH, no input) or off.
+    #[arg(long, value_name = "MODE", default_value = "stdio", value_parser = parse_serial_arg)]
+    serial: SerialMode,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -112,11 +124,27 @@ fn parse_balloon_arg(text: &str) -> Result<BalloonConfig, String> {
     text.parse::<BalloonConfig>().map_err(|e| e.to_string())
 }
 
+fn parse_serial_arg(text: &str) -> Result<SerialMode, String> {
+    text.parse::<SerialMode>().map_err(|e| e.to_string())
+}
+
 fn parse_size_arg(text: &str) -> Result<u64, String> {
     parse_size(text).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
+    fail_stop::install_panic_hook();
+    match std::panic::catch_unwind(AssertUnwindSafe(run_command)) {
+        Ok(status) => status,
+        Err(_) => {
+            let what = fail_stop::first_panic().unwrap_or_else(|| "a thread panicked".into());
+            vmm::terminal::restore();
+            fail(format_args!("vmm: {what}"), exit_status::VMM_PANIC)
+        }
+    }
+}
+
+fn run_command() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
@@ -176,11 +204,17 @@ fn run_vm(args: RunArgs) -> ExitCode {
             return fail("vmm: RUST_LOG is not valid UTF-8", exit_status::USAGE);
         }
     };
+    // Before anything is written: a terminal's job control must never stop vmm.
+    vmm::terminal::ignore_job_control_stops();
     let log_config = LogConfig {
         level: args.log_level.map(LevelFilter::from),
         rust_log,
     };
-    if let Err(e) = vmm::logging::init(&log_config, Box::new(io::stderr())) {
+    let log_output = match open_log_output(args.log_file.as_deref()) {
+        Ok(output) => output,
+        Err(line) => return fail(line, exit_status::VMM_ERROR),
+    };
+    if let Err(e) = vmm::logging::init(&log_config, Box::new(log_output.writer())) {
         return fail(format_args!("vmm: {e}"), exit_status::USAGE);
     }
     let config = VmConfig {
@@ -195,9 +229,20 @@ fn run_vm(args: RunArgs) -> ExitCode {
         vcpus: args.cpus,
         balloon: args.balloon,
         api_socket: args.api_sock,
+        serial: args.serial,
     };
     let outcome = vmm::vmm::run(config);
     vmm::terminal::restore();
+    // The last log lines come before the line that ends vmm (if the log's reader keeps up).
+    log_output.flush();
+    // A panic ends vmm with its status even if it came after the VM was asked to stop
+    // for another reason (the guest powered off, then a thread panicked on the way out).
+    if let Some(what) = fail_stop::first_panic() {
+        return fail(
+            format_args!("vmm: stopped the VM: {what}"),
+            exit_status::VMM_PANIC,
+        );
+    }
     match outcome {
         Ok(reason) => match reason.report() {
             Some(line) => fail(format_args!("vmm: {line}"), reason.exit_code()),
@@ -206,6 +251,38 @@ fn run_vm(args: RunArgs) -> ExitCode {
         Err(e) => fail(format_args!("vmm: {e}"), exit_status::VMM_ERROR),
     }
 }
+
+/// The log's output: stderr, or the `--log-file` opened for appending, written by a thread
+/// of its own so that logging never blocks (see `vmm::console::output`). On error, the
+/// line to end vmm with.
+fn open_log_output(log_file: Option<&std::path::Path>) -> Result<ConsoleOutput, String> {
+    use std::os::fd::{AsFd, OwnedFd};
+    let (fd, name): (OwnedFd, String) = match log_file {
+        None => match io::stderr().as_fd().try_clone_to_owned() {
+            Ok(fd) => (fd, "stderr".to_string()),
+            Err(e) => return Err(format!("vmm: cannot set up logging to stderr: {e}")),
+        },
+        Some(path) => {
+            let file = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| {
+                    format!(
+                        "vmm: --log-file {}: cannot open it for appending: {e}",
+                        path.display()
+                    )
+                })?;
+            (file.into(), path.display().to_string())
+        }
+    };
+    ConsoleOutput::start_for_log(fd, &name, LOG_BUFFER_BYTES)
+        .map_err(|e| format!("vmm: cannot start the logging thread: {e}"))
+}
+
+/// Log lines held while stderr (or the log file) is not taking them.
+const LOG_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Writes the one line that ends vmm on an error, and returns `status`.
 fn fail(line: impl Display, status: u8) -> ExitCode {

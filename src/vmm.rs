@@ -1,9 +1,10 @@
 //! Wiring: builds a VM from a [`VmConfig`], runs it until it stops, and says why.
 //!
-//! Threads: one per vCPU ([`crate::vcpu`]), the API server's (if `--api-sock`), and the
-//! main thread, which runs the event loop: stdin → serial, virtio queue notifications
-//! (ioeventfds) and device timers, termination signals, the halt probe, and the stop
-//! event. How each part is built is in [`crate::builder`]; how the VM stops, in
+//! Threads: one per vCPU ([`crate::vcpu`]), the API server's (if `--api-sock`), the
+//! console writer `vmm-console` ([`crate::console::output`], unless `--serial off`), and
+//! the main thread, which runs the event loop: stdin → serial, virtio queue notifications
+//! (ioeventfds) and device timers, termination signals, `SIGCONT` (`fg`), the halt probe,
+//! and the stop event. How each part is built is in [`crate::builder`]; how the VM stops, in
 //! [`crate::lifecycle`]; what the API may do to it, in [`crate::controller`]. See
 //! docs/architecture.md.
 
@@ -15,11 +16,13 @@ use kvm_ioctls::{Kvm, VmFd};
 use crate::api::{ApiError, ApiServer};
 use crate::builder::{self, BuildError, EventLoop};
 use crate::config::{self, ConfigError, VmConfig};
+use crate::console::{ConsoleCounters, ConsoleSink};
 use crate::controller::VmController;
 use crate::devices::bus::Bus;
 use crate::devices::virtio::balloon::{BalloonControl, BalloonHandle};
-use crate::lifecycle::stop_watcher::{stop_vcpus, StopWatcher};
-use crate::lifecycle::{signals, Lifecycle, SetupError, StopReason};
+use crate::lifecycle::stop_watcher::StopWatcher;
+use crate::lifecycle::vcpu_threads::VcpuThreads;
+use crate::lifecycle::{fail_stop, signals, Lifecycle, SetupError, StopReason};
 use crate::memory::GuestMemoryMmap;
 use crate::vcpu::{Vcpu, VcpuError, VcpuSetup};
 
@@ -51,6 +54,7 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     event_loop: EventLoop,
     balloon: Option<BalloonHandle>,
+    console: ConsoleSink,
 }
 
 impl Vm {
@@ -61,11 +65,20 @@ impl Vm {
         let mem = builder::create_guest_memory(config.mem_size, config.mem_backing)?;
         builder::register_memory(&vm_fd, &mem)?;
         let lifecycle = Arc::new(Lifecycle::new().map_err(SetupError::io("the stop event"))?);
+        // From here on, a panic on any thread (the console writer, the API server, a vCPU)
+        // stops this VM.
+        fail_stop::stop_on_panic(&lifecycle);
 
         let mut io_bus = Bus::new();
         let mut mmio_bus = Bus::new();
         let mut event_loop = builder::create_event_loop()?;
-        builder::attach_legacy_devices(&vm_fd, &mut io_bus, &mut event_loop, &lifecycle)?;
+        let console = builder::attach_legacy_devices(
+            &vm_fd,
+            &mut io_bus,
+            &mut event_loop,
+            &lifecycle,
+            &config.serial,
+        )?;
         // Virtio devices, one virtio-mmio slot each.
         let mut mmio_devices = Vec::new();
         let balloon = match config.balloon {
@@ -102,6 +115,7 @@ impl Vm {
             vcpus,
             event_loop,
             balloon,
+            console,
         })
     }
 
@@ -120,6 +134,11 @@ impl Vm {
         self.balloon.as_ref()
     }
 
+    /// How much guest console output was written and dropped; `None` with `--serial off`.
+    pub fn console_counters(&self) -> Option<Arc<ConsoleCounters>> {
+        self.console.counters()
+    }
+
     /// What the API may see of and do to this VM.
     pub fn controller(&self) -> VmController {
         VmController::new(
@@ -131,21 +150,15 @@ impl Vm {
         )
     }
 
-    /// Runs the guest until it stops; returns why.
+    /// Runs the guest until it stops; returns why. Every vCPU thread has been joined (or,
+    /// stuck beyond [`JOIN_TIMEOUT`](crate::lifecycle::vcpu_threads::JOIN_TIMEOUT),
+    /// reported) when this returns or unwinds.
     pub fn run(mut self) -> Result<StopReason, VmmError> {
-        let handles = std::mem::take(&mut self.vcpus)
-            .into_iter()
-            .map(Vcpu::start)
-            .collect::<Result<Vec<_>, _>>();
-        let handles = match handles {
-            Ok(handles) => Arc::new(handles),
-            Err(e) => {
-                self.lifecycle
-                    .request_stop(StopReason::Error(e.to_string()));
-                return Err(e.into());
-            }
-        };
-        let watcher = StopWatcher::new(self.lifecycle.clone(), handles.clone())?;
+        let vcpus = Arc::new(VcpuThreads::start(
+            std::mem::take(&mut self.vcpus),
+            self.lifecycle.clone(),
+        )?);
+        let watcher = StopWatcher::new(self.lifecycle.clone(), vcpus.clone())?;
         self.event_loop
             .add_subscriber(Arc::new(Mutex::new(watcher)));
 
@@ -160,7 +173,8 @@ impl Vm {
                 }
             }
         }
-        stop_vcpus(handles);
+        vcpus.stop();
+        self.console.finish();
         match loop_error {
             Some(e) => Err(e),
             None => Ok(self
@@ -177,12 +191,14 @@ impl Vm {
 pub fn run(config: VmConfig) -> Result<StopReason, VmmError> {
     signals::install_termination_signals()?;
     let api_socket = config.api_socket.clone();
+    // Raw mode, if the console input takes the terminal, is undone when this is dropped,
+    // on every way out of here.
+    let _terminal = crate::terminal::TerminalGuard::new();
     let vm = Vm::build(config)?;
     let api = match api_socket {
         Some(path) => Some(ApiServer::start(&path, Arc::new(vm.controller()))?),
         None => None,
     };
-    let _raw = crate::terminal::RawTerminal::enable();
     let outcome = vm.run();
     drop(api);
     outcome

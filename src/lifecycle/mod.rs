@@ -4,7 +4,10 @@
 //!
 //! - [`signals`]: SIGTERM, SIGINT and SIGHUP become an eventfd the event loop watches.
 //! - [`stop_watcher`]: the event loop's side of stopping: the stop event, those signals,
-//!   the probe for a guest that halted for good, and kicking the vCPUs out of `KVM_RUN`.
+//!   and the probe for a guest that halted for good.
+//! - [`vcpu_threads`]: starting the vCPU threads as a group, and stopping and joining
+//!   them (bounded) on every way out.
+//! - [`fail_stop`]: a panic on any thread stops the VM.
 
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,8 +18,10 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::devices::legacy::{PowerEvent, PowerEventHandler};
 use crate::sync::lock;
 
+pub mod fail_stop;
 pub mod signals;
 pub mod stop_watcher;
+pub mod vcpu_threads;
 
 /// A host resource the stop machinery needs (an eventfd, a timer, a signal handler)
 /// could not be set up.

@@ -1,4 +1,5 @@
 //! Termination signals: SIGTERM, SIGINT and SIGHUP end vmm through its orderly exit.
+//! SIGHUP is left alone when vmm was started with it ignored (`nohup`).
 //!
 //! A signal handler may do almost nothing, so it only records the signal's number and
 //! writes an eventfd; the event loop wakes on that eventfd
@@ -49,10 +50,24 @@ pub fn install_termination_signals() -> Result<RawFd, SetupError> {
     std::mem::forget(signal_event);
     SIGNAL_EVENT_FD.store(signal_fd, Ordering::SeqCst);
     for signum in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // `nohup` starts vmm with SIGHUP ignored so that it survives the terminal's hangup;
+        // a handler would undo that.
+        if signum == libc::SIGHUP && is_ignored(signum) {
+            continue;
+        }
         vmm_sys_util::signal::register_signal_handler(signum, on_termination_signal)
             .map_err(SetupError::errno("signal handlers"))?;
     }
     Ok(signal_fd)
+}
+
+/// Whether `signum` is ignored (SIG_IGN), as vmm's parent may have left it.
+fn is_ignored(signum: libc::c_int) -> bool {
+    // SAFETY: sigaction is plain data; a null new action only reads the current one.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `current` is valid for writes.
+    let ret = unsafe { libc::sigaction(signum, std::ptr::null(), &mut current) };
+    ret == 0 && current.sa_sigaction == libc::SIG_IGN
 }
 
 /// Clears `signal_event` (the fd [`install_termination_signals`] returned) once it was

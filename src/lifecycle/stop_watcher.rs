@@ -1,6 +1,7 @@
 //! The event loop's side of stopping a VM: it wakes on the stop event of [`Lifecycle`]
-//! and on termination signals, probes for a guest that halted for good, and once the VM
-//! stops, kicks every vCPU out of `KVM_RUN` and joins its thread ([`stop_vcpus`]).
+//! and on termination signals, and probes for a guest that halted for good. Once the VM
+//! stops, the event loop ends and [`VcpuThreads::stop`] kicks every vCPU out of `KVM_RUN`
+//! and joins its thread.
 //!
 //! The halt probe: with an in-kernel LAPIC, a guest that halts (`halt -f`) leaves its
 //! vCPUs blocked inside KVM, where `HLT` does not exit. Every [`HALT_PROBE_INTERVAL`] the
@@ -16,8 +17,9 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::vcpu_threads::VcpuThreads;
 use super::{signals, Lifecycle, SetupError, StopReason};
-use crate::vcpu::{self, VcpuHandle};
+use crate::vcpu;
 
 /// How often the VMM asks the vCPUs whether the guest halted for good.
 pub const HALT_PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -25,7 +27,7 @@ pub const HALT_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// Watches the stop event, termination signals, and probes for a halted guest.
 pub struct StopWatcher {
     lifecycle: Arc<Lifecycle>,
-    vcpus: Arc<Vec<VcpuHandle>>,
+    vcpus: Arc<VcpuThreads>,
     signal_event: RawFd,
     halt_timer: TimerFd,
     probe_pending: bool,
@@ -33,7 +35,7 @@ pub struct StopWatcher {
 
 impl StopWatcher {
     /// A watcher for the VM that `lifecycle` stops and whose running vCPUs are `vcpus`.
-    pub fn new(lifecycle: Arc<Lifecycle>, vcpus: Arc<Vec<VcpuHandle>>) -> Result<Self, SetupError> {
+    pub fn new(lifecycle: Arc<Lifecycle>, vcpus: Arc<VcpuThreads>) -> Result<Self, SetupError> {
         let signal_fd = signals::install_termination_signals()?;
         let mut halt_timer = TimerFd::new().map_err(SetupError::errno("the halt probe timer"))?;
         halt_timer
@@ -51,16 +53,17 @@ impl StopWatcher {
     fn on_halt_timer(&mut self) {
         let _ = self.halt_timer.wait();
         if self.probe_pending {
-            let states: Vec<_> = self.vcpus.iter().map(|v| v.shared.halt_state()).collect();
+            let mut states = Vec::new();
+            self.vcpus.for_each(|v| states.push(v.shared.halt_state()));
             if vcpu::guest_halted(&states) {
                 self.lifecycle.request_stop(StopReason::Halted);
                 return;
             }
         }
-        for vcpu in self.vcpus.iter() {
+        self.vcpus.for_each(|vcpu| {
             vcpu.shared.request_halt_probe();
             vcpu.kick();
-        }
+        });
         self.probe_pending = true;
     }
 }
@@ -90,25 +93,6 @@ impl MutEventSubscriber for StopWatcher {
             self.lifecycle.request_stop(StopReason::Signal(signum));
         } else if fd == self.halt_timer.as_raw_fd() {
             self.on_halt_timer();
-        }
-    }
-}
-
-/// Kicks every vCPU out of `KVM_RUN` until its thread has ended, then joins them.
-pub fn stop_vcpus(handles: Arc<Vec<VcpuHandle>>) {
-    loop {
-        let running: Vec<&VcpuHandle> = handles.iter().filter(|h| !h.is_finished()).collect();
-        if running.is_empty() {
-            break;
-        }
-        for handle in running {
-            handle.kick();
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    if let Ok(handles) = Arc::try_unwrap(handles) {
-        for handle in handles {
-            handle.join();
         }
     }
 }

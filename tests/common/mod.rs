@@ -21,6 +21,7 @@
 pub mod http;
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -194,6 +195,22 @@ fn spawn_collector<R: Read + Send + 'static>(source: Option<R>) -> JoinHandle<Ve
     })
 }
 
+/// A pipe: (read end, write end), closed on exec.
+pub fn pipe() -> (std::fs::File, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(ret, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    }
+}
+
 /// Waits up to `timeout` for the child to exit.
 fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
@@ -319,6 +336,8 @@ pub struct GuestVmBuilder {
     balloon: Option<String>,
     api_sock: bool,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
+    stdout_unread: bool,
 }
 
 impl GuestVmBuilder {
@@ -378,6 +397,19 @@ impl GuestVmBuilder {
         self
     }
 
+    /// Sets an environment variable of the VMM (e.g. `VMM_TEST_INJECT`).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Gives the VMM a stdout that is a pipe nobody reads, one page big: once it is full,
+    /// every write to it would block. The console is then empty for the test: use `spawn`, not `boot`.
+    pub fn stdout_unread(mut self) -> Self {
+        self.stdout_unread = true;
+        self
+    }
+
     /// Starts the VMM without waiting for the guest.
     pub fn spawn(self) -> GuestVm {
         let kernel = self.kernel.unwrap_or_else(guest_kernel);
@@ -408,7 +440,7 @@ impl GuestVmBuilder {
             args.extend(["--api-sock".into(), path_arg(sock)]);
         }
         args.extend(self.extra_args);
-        GuestVm::start(args, api_sock, api_dir)
+        GuestVm::start(args, &self.env, self.stdout_unread, api_sock, api_dir)
     }
 
     /// Starts the VMM and waits until the guest's shell is ready for commands.
@@ -470,6 +502,9 @@ pub struct GuestVm {
     api_dir: Option<TempDir>,
     exit_status: Option<ExitStatus>,
     diagnostics_shown: bool,
+    /// The read end of a stdout nobody reads ([`GuestVmBuilder::stdout_unread`]), kept
+    /// open so that the VMM's writes block rather than fail.
+    _unread_stdout: Option<std::fs::File>,
 }
 
 impl GuestVm {
@@ -484,15 +519,33 @@ impl GuestVm {
             balloon: None,
             api_sock: false,
             extra_args: Vec::new(),
+            env: Vec::new(),
+            stdout_unread: false,
         }
     }
 
-    fn start(args: Vec<String>, api_sock: Option<PathBuf>, api_dir: Option<TempDir>) -> GuestVm {
+    fn start(
+        args: Vec<String>,
+        env: &[(String, String)],
+        stdout_unread: bool,
+        api_sock: Option<PathBuf>,
+        api_dir: Option<TempDir>,
+    ) -> GuestVm {
         let bin = vmm_bin();
+        let (stdout, unread_stdout) = if stdout_unread {
+            let (read_end, write_end) = pipe();
+            // As small as the kernel allows (a page), so that it fills sooner.
+            // SAFETY: fcntl on an open pipe descriptor; failure leaves the default size.
+            unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+            (Stdio::from(write_end), Some(read_end))
+        } else {
+            (Stdio::piped(), None)
+        };
         let mut child = Command::new(&bin)
             .args(&args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
@@ -519,6 +572,7 @@ impl GuestVm {
             api_dir,
             exit_status: None,
             diagnostics_shown: false,
+            _unread_stdout: unread_stdout,
         }
     }
 

@@ -1,8 +1,9 @@
-//! The 8250 UART on COM1 (`ttyS0`), the guest's console. Output goes straight to the
-//! host's stdout without buffering; input is pushed in by the event loop from stdin.
+//! The 8250 UART on COM1 (`ttyS0`), the guest's console. Output goes to whatever writer it
+//! is given, byte by byte as the guest writes its transmit register: the VMM gives it one
+//! that never blocks ([`crate::console::ConsoleWriter`]), since the guest writes on a vCPU
+//! thread. Input is pushed in by the event loop from stdin.
 
 use std::io::{self, Write};
-use std::os::unix::io::RawFd;
 use std::sync::Arc;
 
 use vm_superio::serial::SerialEvents;
@@ -32,27 +33,6 @@ impl SerialEvents for InputDrained {
     fn tx_lost_byte(&self) {}
     fn in_buffer_empty(&self) {
         let _ = self.0.write(1);
-    }
-}
-
-/// Writes to a file descriptor with no buffering in between, so the guest's output shows
-/// up byte for byte (a prompt without a newline included).
-pub struct UnbufferedFd(pub RawFd);
-
-impl Write for UnbufferedFd {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is a valid slice for its whole length; the fd is owned by the
-        // process (stdout) for its lifetime.
-        let ret = unsafe { libc::write(self.0, buf.as_ptr().cast(), buf.len()) };
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(ret as usize)
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
