@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::arch::x86_64::boot::{self, BootError};
 use crate::devices::virtio::balloon::BalloonConfig;
 use crate::memory::MemoryBacking;
+use crate::seccomp::SeccompMode;
 use crate::size::{HumanSize, MIB, PAGE_SIZE};
 
 /// Smallest guest a stock kernel boots in.
@@ -27,6 +28,8 @@ pub struct VmConfig {
     pub balloon: Option<BalloonConfig>,
     /// Where to serve the API, if `--api-sock` was given.
     pub api_socket: Option<PathBuf>,
+    /// `--seccomp`: how each thread is confined.
+    pub seccomp: SeccompMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +106,7 @@ mod tests {
             vcpus: 1,
             balloon: None,
             api_socket: None,
+            seccomp: SeccompMode::Enforce,
         }
     }
 

@@ -16,6 +16,7 @@
 //! - [`console`]: the host's stdin fed to the guest's serial console.
 //! - [`vmm`]: wiring: builds the VM, runs the event loop, stops it.
 //! - [`api`]: the HTTP/JSON API on a Unix socket and its client (`vmm ctl`).
+//! - [`seccomp`]: the seccomp filter of each kind of thread, and the report of a refused call.
 //! - [`test_hooks`]: faults the boot tests inject on purpose (only with the `test-hooks` feature).
 
 pub mod api;
@@ -28,6 +29,7 @@ pub mod devices;
 pub mod lifecycle;
 pub mod logging;
 pub mod memory;
+pub mod seccomp;
 pub mod size;
 pub mod sync;
 pub mod terminal;

@@ -2,10 +2,12 @@
 //! on every way out: normal exit, error, panic (a hook) and termination signals (the
 //! event loop turns them into a normal stop).
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// The terminal settings to restore, if raw mode is on.
 static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
+/// The same settings for [`restore_in_signal_handler`], which may take no lock.
+static SAVED_FOR_SIGNAL_HANDLERS: OnceLock<libc::termios> = OnceLock::new();
 
 /// Raw mode for as long as this value lives.
 pub struct RawTerminal {
@@ -34,6 +36,7 @@ impl RawTerminal {
             return None;
         }
         *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(original);
+        let _ = SAVED_FOR_SIGNAL_HANDLERS.set(original);
         install_panic_restore();
         Some(RawTerminal { _private: () })
     }
@@ -51,6 +54,17 @@ pub fn restore() {
     if let Some(original) = saved {
         // SAFETY: restores attributes we read from the same fd.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &original) };
+    }
+}
+
+/// Puts back the settings raw mode replaced, if it was ever on, from a signal handler
+/// (the report of a refused system call): no lock, no allocation, one `ioctl(TCSETS)`.
+/// Restoring settings that are already in place changes nothing.
+pub fn restore_in_signal_handler() {
+    if let Some(original) = SAVED_FOR_SIGNAL_HANDLERS.get() {
+        // SAFETY: tcsetattr is async-signal-safe; it sets attributes on stdin from settings
+        // read from it.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, original) };
     }
 }
 

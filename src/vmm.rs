@@ -4,15 +4,15 @@
 //! main thread, which runs the event loop: stdin → serial, virtio queue notifications
 //! (ioeventfds) and device timers, termination signals, the halt probe, and the stop
 //! event. How each part is built is in [`crate::builder`]; how the VM stops, in
-//! [`crate::lifecycle`]; what the API may do to it, in [`crate::controller`]. See
-//! docs/architecture.md.
+//! [`crate::lifecycle`]; what the API may do to it, in [`crate::controller`]; which system
+//! calls each thread may make, in [`crate::seccomp`]. See docs/architecture.md.
 
 use std::sync::{Arc, Mutex};
 
 use event_manager::SubscriberOps;
 use kvm_ioctls::{Kvm, VmFd};
 
-use crate::api::{ApiError, ApiServer};
+use crate::api::{ApiError, ApiServer, ServerLimits};
 use crate::builder::{self, BuildError, EventLoop};
 use crate::config::{self, ConfigError, VmConfig};
 use crate::controller::VmController;
@@ -21,6 +21,7 @@ use crate::devices::virtio::balloon::{BalloonControl, BalloonHandle};
 use crate::lifecycle::stop_watcher::{stop_vcpus, StopWatcher};
 use crate::lifecycle::{signals, Lifecycle, SetupError, StopReason};
 use crate::memory::GuestMemoryMmap;
+use crate::seccomp::{Confinement, SeccompError, ThreadKind};
 use crate::vcpu::{Vcpu, VcpuError, VcpuSetup};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,8 @@ pub enum VmmError {
     EventLoop(String),
     #[error("--api-sock: {0}")]
     Api(#[from] ApiError),
+    #[error("--seccomp: {0}")]
+    Seccomp(#[from] SeccompError),
 }
 
 /// A built VM, ready to run.
@@ -131,11 +134,13 @@ impl Vm {
         )
     }
 
-    /// Runs the guest until it stops; returns why.
-    pub fn run(mut self) -> Result<StopReason, VmmError> {
+    /// Runs the guest until it stops; returns why. Each vCPU thread confines itself with
+    /// its filter from `confinement` before the guest runs, and the main thread does the
+    /// same before its event loop handles any event.
+    pub fn run(mut self, confinement: &Confinement) -> Result<StopReason, VmmError> {
         let handles = std::mem::take(&mut self.vcpus)
             .into_iter()
-            .map(Vcpu::start)
+            .map(|vcpu| vcpu.start(confinement.filter(ThreadKind::Vcpu)))
             .collect::<Result<Vec<_>, _>>();
         let handles = match handles {
             Ok(handles) => Arc::new(handles),
@@ -148,6 +153,13 @@ impl Vm {
         let watcher = StopWatcher::new(self.lifecycle.clone(), handles.clone())?;
         self.event_loop
             .add_subscriber(Arc::new(Mutex::new(watcher)));
+        // Last of all, once every other thread was started (so none inherits this filter).
+        if let Err(e) = confinement.filter(ThreadKind::Main).apply() {
+            self.lifecycle
+                .request_stop(StopReason::Error(e.to_string()));
+            stop_vcpus(handles);
+            return Err(e.into());
+        }
 
         let mut loop_error = None;
         while !self.lifecycle.is_stopping() {
@@ -173,17 +185,24 @@ impl Vm {
 
 /// Builds and runs a VM: the whole life of `vmm --kernel …`. The API socket (if any) is
 /// served from before the first vCPU runs until after the last one stopped, and removed
-/// on the way out.
+/// on the way out. Every thread runs under its seccomp filter (`config.seccomp`) from
+/// before it handles any input.
 pub fn run(config: VmConfig) -> Result<StopReason, VmmError> {
     signals::install_termination_signals()?;
+    let confinement = Confinement::new(config.seccomp)?;
     let api_socket = config.api_socket.clone();
     let vm = Vm::build(config)?;
     let api = match api_socket {
-        Some(path) => Some(ApiServer::start(&path, Arc::new(vm.controller()))?),
+        Some(path) => Some(ApiServer::start_confined(
+            &path,
+            Arc::new(vm.controller()),
+            ServerLimits::default(),
+            confinement.filter(ThreadKind::Api),
+        )?),
         None => None,
     };
     let _raw = crate::terminal::RawTerminal::enable();
-    let outcome = vm.run();
+    let outcome = vm.run(&confinement);
     drop(api);
     outcome
 }
