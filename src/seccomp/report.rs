@@ -9,7 +9,12 @@
 //!
 //! A thread that made a refused call is not to be trusted any further, so nothing else
 //! runs: no orderly stop, and the API socket file stays behind (the next vmm on that path
-//! replaces it). The handler runs under the filter of the thread that failed, so it makes
+//! replaces it). One exception: on a thread that is already panicking, the refused call
+//! fails with `EPERM` instead. Printing a panic's backtrace (`RUST_BACKTRACE`) reads the
+//! executable and the working directory, which no filter allows; the panic is the cause,
+//! and it goes on to be reported as one (with an unresolved backtrace).
+//!
+//! The handler runs under the filter of the thread that failed, so it makes
 //! only calls every filter allows (`write`, `ioctl(TCSETS)` on stdin, `exit_group`), and it
 //! must be async-signal-safe: the thread's name waits for it in a thread-local buffer
 //! filled when the thread confined itself, the line is assembled in a buffer on the stack,
@@ -69,17 +74,28 @@ struct SigsysInfo {
     arch: u32,
 }
 
-extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // SAFETY: for SIGSYS the kernel passes a valid siginfo_t whose union holds the sigsys
     // fields, which SigsysInfo lays out; only plain integers are read.
     let (code, syscall) = unsafe {
         let info = &*(info as *const SigsysInfo);
         (info.code, info.syscall)
     };
+    // Reads a thread-local counter and an atomic: no system call, no lock.
+    if code == SYS_SECCOMP && std::thread::panicking() {
+        // SAFETY: with SA_SIGINFO the third argument is the interrupted thread's
+        // ucontext_t; the refused call was not made, and the value left in RAX when the
+        // handler returns is what the call returns.
+        unsafe {
+            let context = &mut *context.cast::<libc::ucontext_t>();
+            context.uc_mcontext.gregs[libc::REG_RAX as usize] = -i64::from(libc::EPERM);
+        }
+        return;
+    }
     let mut line = Line::new();
     if code == SYS_SECCOMP {
         let name = THREAD_NAME.with(Cell::get);
-        write_report(&mut line, &name, syscall, std::thread::panicking());
+        write_report(&mut line, &name, syscall);
     } else {
         line.push(b"vmm: received SIGSYS from outside vmm\n");
     }
@@ -92,10 +108,9 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     }
 }
 
-/// Assembles the report of a refused call in `line`: the thread's (NUL-padded) name,
-/// the call's name and number, and whether the thread was panicking (a panic handler
-/// that reads files to print a backtrace is refused too; the panic is the cause).
-fn write_report(line: &mut Line, thread_name: &[u8], syscall: i32, panicking: bool) {
+/// Assembles the report of a refused call in `line`: the thread's (NUL-padded) name, and
+/// the call's name and number.
+fn write_report(line: &mut Line, thread_name: &[u8], syscall: i32) {
     let name_len = thread_name
         .iter()
         .position(|&b| b == 0)
@@ -111,11 +126,7 @@ fn write_report(line: &mut Line, thread_name: &[u8], syscall: i32, panicking: bo
     line.push(call.map_or("unknown", |c| c.name()).as_bytes());
     line.push(b" (number ");
     line.push_decimal(i64::from(syscall));
-    line.push(b")");
-    if panicking {
-        line.push(b", while panicking (the panic message above is the cause)");
-    }
-    line.push(b"\n");
+    line.push(b")\n");
 }
 
 /// A line assembled without allocating: bytes beyond its capacity are dropped, except
@@ -170,35 +181,34 @@ impl Line {
 mod tests {
     use super::*;
 
-    fn report(name: &str, syscall: i32, panicking: bool) -> String {
+    fn report(name: &str, syscall: i32) -> String {
         let mut stored = [0u8; NAME_CAPACITY];
         stored[..name.len()].copy_from_slice(name.as_bytes());
         let mut line = Line::new();
-        write_report(&mut line, &stored, syscall, panicking);
+        write_report(&mut line, &stored, syscall);
         String::from_utf8(line.bytes().to_vec()).unwrap()
     }
 
     #[test]
     fn the_report_names_the_thread_and_the_call() {
         assert_eq!(
-            report("vcpu0", 110, false),
+            report("vcpu0", 110),
             "vmm: thread vcpu0 made a system call its seccomp filter refuses: getppid (number 110)\n"
         );
         assert_eq!(
-            report("vmm-api", 257, true),
-            "vmm: thread vmm-api made a system call its seccomp filter refuses: openat (number 257), \
-             while panicking (the panic message above is the cause)\n"
+            report("vmm-api", 257),
+            "vmm: thread vmm-api made a system call its seccomp filter refuses: openat (number 257)\n"
         );
     }
 
     #[test]
     fn numbers_without_a_name_and_threads_without_one_still_make_a_line() {
         assert_eq!(
-            report("", 4000, false),
+            report("", 4000),
             "vmm: thread (unnamed) made a system call its seccomp filter refuses: unknown (number 4000)\n"
         );
-        assert!(report("main", -1, false).contains("unknown (number -1)"));
-        assert!(report("main", i32::MIN, false).contains("(number -2147483648)"));
+        assert!(report("main", -1).contains("unknown (number -1)"));
+        assert!(report("main", i32::MIN).contains("(number -2147483648)"));
     }
 
     #[test]

@@ -482,3 +482,28 @@ fn the_api_server_serves_and_stops_under_its_filter() {
     drop(server);
     assert!(!socket.exists());
 }
+
+#[test]
+fn a_refused_call_while_panicking_fails_with_eperm_and_the_panic_goes_on() {
+    // Printing a panic's backtrace makes calls no filter allows; they must not turn the
+    // panic into a seccomp violation. A value dropped while unwinding stands in for it.
+    struct CallWhileUnwinding(mpsc::Sender<(i64, i32)>);
+    impl Drop for CallWhileUnwinding {
+        fn drop(&mut self) {
+            // SAFETY: getppid takes no arguments.
+            let result = unsafe { libc::syscall(i64::from(report::REFUSED_BY_EVERY_FILTER.id())) };
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            let _ = self.0.send((result, errno));
+        }
+    }
+    let confinement = Confinement::new(SeccompMode::Enforce).unwrap();
+    let (sender, receiver) = mpsc::channel();
+    let builder = thread::Builder::new().name("vcpu8".to_string());
+    let handle = spawn_confined(builder, confinement.filter(ThreadKind::Vcpu), move || {
+        let _call = CallWhileUnwinding(sender);
+        panic!("a panic on a confined thread (expected by this test)");
+    })
+    .unwrap();
+    assert!(handle.join().is_err(), "the thread should have panicked");
+    assert_eq!(receiver.recv().unwrap(), (-1, libc::EPERM));
+}
