@@ -197,6 +197,8 @@ fn every_thread(list: &mut AllowList, facts: &ProcessFacts) -> Result<(), Backen
             vec![int_arg_masked_is(1, futex_command, as_u32(op))?],
         )?;
     }
+    // The standard library's channels back off with sched_yield when contended.
+    list.allow(Sysno::sched_yield);
 
     // Time for log lines and timeouts, when the vDSO cannot answer (as under some
     // nested hypervisors); random keys for hash maps.
