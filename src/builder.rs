@@ -35,6 +35,7 @@ use crate::devices::virtio::mmio::{MmioError, MmioTransport, MMIO_QUEUE_NOTIFY_O
 use crate::devices::virtio::VirtioDevice;
 use crate::lifecycle::{Lifecycle, SetupError};
 use crate::memory::{self, GuestMemoryMmap, MemoryBacking, MemoryError};
+use crate::seccomp::ThreadFilter;
 use crate::vcpu::{self, Vcpu, VcpuError, VcpuSetup};
 
 /// Where KVM keeps the TSS for real-mode emulation: three pages just below the BIOS
@@ -172,8 +173,9 @@ pub fn attach_legacy_devices(
     event_manager: &mut EventLoop,
     lifecycle: &Arc<Lifecycle>,
     serial: &SerialMode,
+    output_filter: ThreadFilter,
 ) -> Result<ConsoleSink, BuildError> {
-    let console = attach_serial_console(vm_fd, io_bus, event_manager, serial)?;
+    let console = attach_serial_console(vm_fd, io_bus, event_manager, serial, output_filter)?;
     io_bus.insert(
         Arc::new(Mutex::new(I8042::new(lifecycle.clone()))),
         u64::from(layout::I8042_PORT_BASE),
@@ -194,6 +196,7 @@ pub fn attach_serial_console(
     io_bus: &mut Bus,
     event_manager: &mut EventLoop,
     mode: &SerialMode,
+    output_filter: ThreadFilter,
 ) -> Result<ConsoleSink, BuildError> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("the serial interrupt"))?;
     vm_fd
@@ -201,7 +204,7 @@ pub fn attach_serial_console(
         .map_err(kvm_err("wiring the serial interrupt"))?;
     let input_drained =
         EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("the serial input event"))?;
-    let console = ConsoleSink::open(mode)?;
+    let console = ConsoleSink::open(mode, output_filter)?;
     let serial = Arc::new(Mutex::new(SerialConsole::new(
         Arc::new(serial_irq),
         console.writer(),

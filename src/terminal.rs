@@ -24,7 +24,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -78,6 +78,7 @@ pub fn enter_raw_mode() -> bool {
             return false;
         }
         *original = Some(current);
+        let _ = ORIGINAL_FOR_SIGNAL_HANDLERS.set(current);
     }
     let Some(mut raw) = *original else {
         return false;
@@ -183,5 +184,22 @@ impl Default for TerminalGuard {
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
         restore();
+    }
+}
+
+/// The settings [`restore`] would put back, for [`restore_in_signal_handler`], which may
+/// take no lock: set once, the first time vmm makes the terminal raw.
+static ORIGINAL_FOR_SIGNAL_HANDLERS: OnceLock<libc::termios> = OnceLock::new();
+
+/// Puts back the settings raw mode replaced, if raw mode is on, from a signal handler
+/// (the report of a refused system call): no lock, no allocation, one `ioctl(TCSETS)`.
+pub fn restore_in_signal_handler() {
+    if !RAW.load(Ordering::SeqCst) {
+        return;
+    }
+    if let Some(original) = ORIGINAL_FOR_SIGNAL_HANDLERS.get() {
+        // SAFETY: tcsetattr is async-signal-safe; it sets attributes on stdin from settings
+        // read from it.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, original) };
     }
 }

@@ -33,6 +33,7 @@ use crate::arch::x86_64::{boot::LoadedKernel, cpuid, regs};
 use crate::devices::bus::Bus;
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::memory::GuestMemoryMmap;
+use crate::seccomp::{self, SpawnError, ThreadFilter};
 use crate::test_hooks;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +52,7 @@ pub enum VcpuError {
     #[error("cannot set up vCPU {index}: {reason}")]
     Config { index: u8, reason: String },
     #[error("cannot start the thread for vCPU {index}: {source}")]
-    Spawn { index: u8, source: std::io::Error },
+    Spawn { index: u8, source: SpawnError },
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
 }
@@ -229,13 +230,13 @@ impl Vcpu {
         })
     }
 
-    /// Starts the vCPU on its own thread.
-    pub fn start(self) -> Result<VcpuHandle, VcpuError> {
+    /// Starts the vCPU on its own thread, which confines itself with `filter` before the
+    /// guest runs.
+    pub fn start(self, filter: ThreadFilter) -> Result<VcpuHandle, VcpuError> {
         let index = self.index;
         let shared = self.shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .spawn(move || self.run())
+        let builder = std::thread::Builder::new().name(format!("vcpu{index}"));
+        let thread = seccomp::spawn_confined(builder, filter, move || self.run())
             .map_err(|source| VcpuError::Spawn { index, source })?;
         Ok(VcpuHandle {
             index,

@@ -5,15 +5,15 @@
 //! the main thread, which runs the event loop: stdin → serial, virtio queue notifications
 //! (ioeventfds) and device timers, termination signals, `SIGCONT` (`fg`), the halt probe,
 //! and the stop event. How each part is built is in [`crate::builder`]; how the VM stops, in
-//! [`crate::lifecycle`]; what the API may do to it, in [`crate::controller`]. See
-//! docs/architecture.md.
+//! [`crate::lifecycle`]; what the API may do to it, in [`crate::controller`]; which system
+//! calls each thread may make, in [`crate::seccomp`]. See docs/architecture.md.
 
 use std::sync::{Arc, Mutex};
 
 use event_manager::SubscriberOps;
 use kvm_ioctls::{Kvm, VmFd};
 
-use crate::api::{ApiError, ApiServer};
+use crate::api::{ApiError, ApiServer, ServerLimits};
 use crate::builder::{self, BuildError, EventLoop};
 use crate::config::{self, ConfigError, VmConfig};
 use crate::console::{ConsoleCounters, ConsoleSink};
@@ -24,6 +24,7 @@ use crate::lifecycle::stop_watcher::StopWatcher;
 use crate::lifecycle::vcpu_threads::VcpuThreads;
 use crate::lifecycle::{fail_stop, signals, Lifecycle, SetupError, StopReason};
 use crate::memory::GuestMemoryMmap;
+use crate::seccomp::{Confinement, SeccompError, ThreadKind};
 use crate::vcpu::{Vcpu, VcpuError, VcpuSetup};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,8 @@ pub enum VmmError {
     EventLoop(String),
     #[error("--api-sock: {0}")]
     Api(#[from] ApiError),
+    #[error("--seccomp: {0}")]
+    Seccomp(#[from] SeccompError),
 }
 
 /// A built VM, ready to run.
@@ -59,7 +62,7 @@ pub struct Vm {
 
 impl Vm {
     /// Builds the VM: KVM, memory, devices, kernel and firmware tables, vCPUs.
-    pub fn build(config: VmConfig) -> Result<Vm, VmmError> {
+    pub fn build(config: VmConfig, confinement: &Confinement) -> Result<Vm, VmmError> {
         config::validate(&config)?;
         let (kvm, vm_fd) = builder::create_vm(config.vcpus)?;
         let mem = builder::create_guest_memory(config.mem_size, config.mem_backing)?;
@@ -78,6 +81,7 @@ impl Vm {
             &mut event_loop,
             &lifecycle,
             &config.serial,
+            confinement.filter(ThreadKind::Output),
         )?;
         // Virtio devices, one virtio-mmio slot each.
         let mut mmio_devices = Vec::new();
@@ -150,17 +154,27 @@ impl Vm {
         )
     }
 
-    /// Runs the guest until it stops; returns why. Every vCPU thread has been joined (or,
+    /// Runs the guest until it stops; returns why. Each vCPU thread confines itself with
+    /// its filter from `confinement` before the guest runs, and the main thread does the
+    /// same before its event loop handles any event. Every vCPU thread has been joined (or,
     /// stuck beyond [`JOIN_TIMEOUT`](crate::lifecycle::vcpu_threads::JOIN_TIMEOUT),
     /// reported) when this returns or unwinds.
-    pub fn run(mut self) -> Result<StopReason, VmmError> {
+    pub fn run(mut self, confinement: &Confinement) -> Result<StopReason, VmmError> {
         let vcpus = Arc::new(VcpuThreads::start(
             std::mem::take(&mut self.vcpus),
             self.lifecycle.clone(),
+            confinement.filter(ThreadKind::Vcpu),
         )?);
         let watcher = StopWatcher::new(self.lifecycle.clone(), vcpus.clone())?;
         self.event_loop
             .add_subscriber(Arc::new(Mutex::new(watcher)));
+        // Last of all, once every other thread was started (so none inherits this filter).
+        if let Err(e) = confinement.filter(ThreadKind::Main).apply() {
+            self.lifecycle
+                .request_stop(StopReason::Error(e.to_string()));
+            vcpus.stop();
+            return Err(e.into());
+        }
 
         let mut loop_error = None;
         while !self.lifecycle.is_stopping() {
@@ -187,19 +201,25 @@ impl Vm {
 
 /// Builds and runs a VM: the whole life of `vmm --kernel …`. The API socket (if any) is
 /// served from before the first vCPU runs until after the last one stopped, and removed
-/// on the way out.
-pub fn run(config: VmConfig) -> Result<StopReason, VmmError> {
+/// on the way out. Every thread runs under its seccomp filter (`config.seccomp`) from
+/// before it handles any input.
+pub fn run(config: VmConfig, confinement: &Confinement) -> Result<StopReason, VmmError> {
     signals::install_termination_signals()?;
     let api_socket = config.api_socket.clone();
     // Raw mode, if the console input takes the terminal, is undone when this is dropped,
     // on every way out of here.
     let _terminal = crate::terminal::TerminalGuard::new();
-    let vm = Vm::build(config)?;
+    let vm = Vm::build(config, confinement)?;
     let api = match api_socket {
-        Some(path) => Some(ApiServer::start(&path, Arc::new(vm.controller()))?),
+        Some(path) => Some(ApiServer::start_confined(
+            &path,
+            Arc::new(vm.controller()),
+            ServerLimits::default(),
+            confinement.filter(ThreadKind::Api),
+        )?),
         None => None,
     };
-    let outcome = vm.run();
+    let outcome = vm.run(confinement);
     drop(api);
     outcome
 }

@@ -58,4 +58,6 @@ pub enum ApiError {
     Socket { path: PathBuf, source: io::Error },
     #[error("cannot start the API server: {0}")]
     Start(io::Error),
+    #[error("cannot start the API server: {0}")]
+    Confine(crate::seccomp::SeccompError),
 }

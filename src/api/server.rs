@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -15,8 +15,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::connection::{encode, log_refusal, Connection, ServerLimits};
 use super::routes::Response;
-use super::socket::{self, SocketFile};
+use super::socket;
 use super::{ApiError, VmControl};
+use crate::seccomp::{self, SpawnError, ThreadFilter};
 
 const STOP_TOKEN: u64 = 0;
 const LISTENER_TOKEN: u64 = 1;
@@ -30,8 +31,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 pub struct ApiServer {
     stop: EventFd,
     thread: Option<JoinHandle<()>>,
-    // Dropped after the thread has stopped (fields drop after `Drop::drop`).
-    socket: SocketFile,
+    path: PathBuf,
 }
 
 impl ApiServer {
@@ -46,6 +46,17 @@ impl ApiServer {
         vm: Arc<dyn VmControl>,
         limits: ServerLimits,
     ) -> Result<ApiServer, ApiError> {
+        Self::start_confined(path, vm, limits, ThreadFilter::none())
+    }
+
+    /// [`ApiServer::start_with_limits`] on a thread that confines itself with `filter`
+    /// before it accepts a connection.
+    pub fn start_confined(
+        path: &Path,
+        vm: Arc<dyn VmControl>,
+        limits: ServerLimits,
+        filter: ThreadFilter,
+    ) -> Result<ApiServer, ApiError> {
         // From here on the socket file is removed again if starting fails.
         let (listener, socket) = socket::bind(path)?;
         listener.set_nonblocking(true).map_err(ApiError::Start)?;
@@ -57,20 +68,28 @@ impl ApiServer {
             limits,
         )
         .map_err(ApiError::Start)?;
-        let thread = thread::Builder::new()
-            .name("vmm-api".to_string())
-            .spawn(move || event_loop.run())
-            .map_err(ApiError::Start)?;
+        let path = socket.path().to_path_buf();
+        let builder = thread::Builder::new().name("vmm-api".to_string());
+        // The thread removes the socket file as it ends, so that the main thread, which
+        // handles guest input, never needs the right to remove files.
+        let thread = seccomp::spawn_confined(builder, filter, move || {
+            event_loop.run();
+            drop(socket);
+        })
+        .map_err(|e| match e {
+            SpawnError::Thread(e) => ApiError::Start(e),
+            SpawnError::Confine(e) => ApiError::Confine(e),
+        })?;
         Ok(ApiServer {
             stop,
             thread: Some(thread),
-            socket,
+            path,
         })
     }
 
     /// The path of the socket.
     pub fn path(&self) -> &Path {
-        self.socket.path()
+        &self.path
     }
 
     /// Stops the server and removes its socket; the same as dropping it.

@@ -19,6 +19,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::seccomp::ThreadFilter;
+
 pub mod input;
 pub mod output;
 
@@ -95,7 +97,7 @@ pub struct ConsoleSink {
 
 impl ConsoleSink {
     /// Opens the output of `mode` and starts its writer thread.
-    pub fn open(mode: &SerialMode) -> Result<ConsoleSink, ConsoleError> {
+    pub fn open(mode: &SerialMode, filter: ThreadFilter) -> Result<ConsoleSink, ConsoleError> {
         let (fd, name): (OwnedFd, String) = match mode {
             SerialMode::Off => return Ok(ConsoleSink { output: None }),
             SerialMode::Stdio => {
@@ -124,13 +126,12 @@ impl ConsoleSink {
                 (file.into(), path.display().to_string())
             }
         };
-        let output =
-            ConsoleOutput::start(fd, &name, output::OUTPUT_BUFFER_BYTES).map_err(|source| {
-                ConsoleError::Output {
-                    mode: mode.clone(),
-                    source,
-                }
-            })?;
+        let output = ConsoleOutput::start(fd, &name, output::OUTPUT_BUFFER_BYTES, filter).map_err(
+            |source| ConsoleError::Output {
+                mode: mode.clone(),
+                source,
+            },
+        )?;
         Ok(ConsoleSink {
             output: Some(output),
         })
@@ -206,7 +207,8 @@ mod tests {
         let path = dir.as_path().join("guest.log");
         std::fs::write(&path, b"before\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let sink = ConsoleSink::open(&SerialMode::File(path.clone())).unwrap();
+        let sink =
+            ConsoleSink::open(&SerialMode::File(path.clone()), ThreadFilter::none()).unwrap();
         sink.writer().write_all(b"guest says hi\n").unwrap();
         sink.finish();
         assert_eq!(
@@ -216,7 +218,8 @@ mod tests {
         assert_eq!(sink.counters().unwrap().bytes_written(), 14);
 
         let fresh = dir.as_path().join("fresh.log");
-        let sink = ConsoleSink::open(&SerialMode::File(fresh.clone())).unwrap();
+        let sink =
+            ConsoleSink::open(&SerialMode::File(fresh.clone()), ThreadFilter::none()).unwrap();
         sink.finish();
         let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -224,9 +227,12 @@ mod tests {
 
     #[test]
     fn an_unopenable_file_is_refused_with_its_path() {
-        let err = ConsoleSink::open(&SerialMode::File(PathBuf::from("/nonexistent/dir/log")))
-            .err()
-            .unwrap();
+        let err = ConsoleSink::open(
+            &SerialMode::File(PathBuf::from("/nonexistent/dir/log")),
+            ThreadFilter::none(),
+        )
+        .err()
+        .unwrap();
         assert!(
             err.to_string()
                 .starts_with("--serial file=/nonexistent/dir/log: cannot open"),
@@ -237,7 +243,7 @@ mod tests {
     #[test]
     fn off_discards_everything() {
         use std::io::Write;
-        let sink = ConsoleSink::open(&SerialMode::Off).unwrap();
+        let sink = ConsoleSink::open(&SerialMode::Off, ThreadFilter::none()).unwrap();
         sink.writer().write_all(b"lost").unwrap();
         assert!(sink.counters().is_none());
         sink.finish();

@@ -28,6 +28,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::seccomp::{self, SpawnError, ThreadFilter};
+
 /// Guest output held while the reader catches up. A reader that keeps up never sees more
 /// than a few bytes here; a stalled one makes the guest lose everything beyond this.
 pub const OUTPUT_BUFFER_BYTES: usize = 64 * 1024;
@@ -140,21 +142,31 @@ pub struct ConsoleOutput {
 impl ConsoleOutput {
     /// Starts the `vmm-console` thread writing guest output to `out`, named `name` in
     /// messages, with a buffer of `capacity` bytes.
-    pub fn start(out: OwnedFd, name: &str, capacity: usize) -> io::Result<ConsoleOutput> {
-        Self::start_thread(out, name, capacity, "vmm-console", true)
+    pub fn start(
+        out: OwnedFd,
+        name: &str,
+        capacity: usize,
+        filter: ThreadFilter,
+    ) -> io::Result<ConsoleOutput> {
+        Self::start_thread(out, name, capacity, ("vmm-console", filter), true)
     }
 
     /// Starts the `vmm-log` thread writing vmm's log to `out`: the same path, but dropped
     /// bytes and write errors are only counted (logging them would feed the log itself).
-    pub fn start_for_log(out: OwnedFd, name: &str, capacity: usize) -> io::Result<ConsoleOutput> {
-        Self::start_thread(out, name, capacity, "vmm-log", false)
+    pub fn start_for_log(
+        out: OwnedFd,
+        name: &str,
+        capacity: usize,
+        filter: ThreadFilter,
+    ) -> io::Result<ConsoleOutput> {
+        Self::start_thread(out, name, capacity, ("vmm-log", filter), false)
     }
 
     fn start_thread(
         out: OwnedFd,
         name: &str,
         capacity: usize,
-        thread_name: &str,
+        (thread_name, filter): (&str, ThreadFilter),
         report: bool,
     ) -> io::Result<ConsoleOutput> {
         let shared = Arc::new(Shared {
@@ -172,9 +184,14 @@ impl ConsoleOutput {
             report,
         });
         let for_thread = shared.clone();
-        thread::Builder::new()
-            .name(thread_name.to_string())
-            .spawn(move || write_loop(&for_thread, &out))?;
+        let builder = thread::Builder::new().name(thread_name.to_string());
+        // Confined before it writes anything (see crate::seccomp).
+        seccomp::spawn_confined(builder, filter, move || write_loop(&for_thread, &out)).map_err(
+            |e| match e {
+                SpawnError::Thread(e) => e,
+                SpawnError::Confine(e) => io::Error::other(e),
+            },
+        )?;
         Ok(ConsoleOutput { shared })
     }
 
@@ -354,7 +371,7 @@ mod tests {
     #[test]
     fn output_reaches_a_reader_that_keeps_up() {
         let (mut reader, write_end) = pipe();
-        let output = ConsoleOutput::start(write_end, "a pipe", 1024).unwrap();
+        let output = ConsoleOutput::start(write_end, "a pipe", 1024, ThreadFilter::none()).unwrap();
         let mut writer = output.writer();
         let text = b"hello from the guest\n".repeat(200);
         let reading = thread::spawn(move || {
@@ -392,7 +409,9 @@ mod tests {
     fn a_reader_that_stalls_loses_bytes_but_never_blocks_the_writer() {
         let (reader, write_end) = pipe();
         fill(&write_end);
-        let output = ConsoleOutput::start(write_end, "a pipe nobody reads", 4096).unwrap();
+        let output =
+            ConsoleOutput::start(write_end, "a pipe nobody reads", 4096, ThreadFilter::none())
+                .unwrap();
         let mut writer = output.writer();
         // Far more than the buffer holds; the writer returns for every byte, as a vCPU
         // must, while the writer thread sits in a write that cannot finish.
@@ -441,7 +460,8 @@ mod tests {
     fn a_closed_reader_counts_everything_as_dropped_after_it_left() {
         let (reader, write_end) = pipe();
         drop(reader);
-        let output = ConsoleOutput::start(write_end, "a closed pipe", 1024).unwrap();
+        let output =
+            ConsoleOutput::start(write_end, "a closed pipe", 1024, ThreadFilter::none()).unwrap();
         let mut writer = output.writer();
         writer.write_all(b"nobody will see this\n").unwrap();
         assert!(output.flush());

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Lifecycle, StopReason};
+use crate::seccomp::ThreadFilter;
 use crate::vcpu::{Vcpu, VcpuError, VcpuHandle};
 
 /// How long stopping the vCPUs may take before vmm gives up on the ones left.
@@ -110,9 +111,13 @@ pub struct VcpuThreads {
 }
 
 impl VcpuThreads {
-    /// Starts every vCPU (see [`start_all`]).
-    pub fn start(vcpus: Vec<Vcpu>, lifecycle: Arc<Lifecycle>) -> Result<VcpuThreads, VcpuError> {
-        let threads = start_all(vcpus, Vcpu::start, &lifecycle)?;
+    /// Starts every vCPU (see [`start_all`]), each confining itself with `filter` first.
+    pub fn start(
+        vcpus: Vec<Vcpu>,
+        lifecycle: Arc<Lifecycle>,
+        filter: ThreadFilter,
+    ) -> Result<VcpuThreads, VcpuError> {
+        let threads = start_all(vcpus, |vcpu| vcpu.start(filter.clone()), &lifecycle)?;
         Ok(VcpuThreads {
             lifecycle,
             threads: Mutex::new(threads),
@@ -242,7 +247,9 @@ mod tests {
                 if index == 2 {
                     Err(VcpuError::Spawn {
                         index,
-                        source: std::io::Error::from_raw_os_error(libc::EAGAIN),
+                        source: crate::seccomp::SpawnError::Thread(
+                            std::io::Error::from_raw_os_error(libc::EAGAIN),
+                        ),
                     })
                 } else {
                     Ok(fake(index, &lifecycle, false, &release, &joined))
