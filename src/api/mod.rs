@@ -5,6 +5,7 @@
 //! - [`routes`]: what each route does, over [`VmControl`].
 //! - [`types`]: the JSON bodies on the wire.
 //! - [`socket`]: the socket file: mode 0600, stale sockets, removal.
+//! - [`socket_lock`]: the lock next to the socket that keeps two vmm off one path.
 //! - [`client`]: `vmm ctl`.
 //!
 //! The routes are documented in `docs/api.md` and described in `docs/api.yaml` (OpenAPI).
@@ -14,6 +15,7 @@ pub mod connection;
 pub mod routes;
 pub mod server;
 pub mod socket;
+pub mod socket_lock;
 pub mod types;
 
 use std::io;
@@ -52,6 +54,16 @@ pub enum ApiError {
     NotASocket(PathBuf),
     #[error("another process is serving the API socket {}; stop it or choose another --api-sock", .0.display())]
     InUse(PathBuf),
+    #[error("another vmm is serving the API socket {} or starting to (it holds {}); stop it or choose another --api-sock", .socket.display(), .lock.display())]
+    Locked { socket: PathBuf, lock: PathBuf },
+    #[error("{} exists and is not a lock file; refusing to use it as the API socket's lock (remove it or choose another --api-sock)", .0.display())]
+    NotALockFile(PathBuf),
+    #[error("cannot take the lock of the API socket {} ({}): {source}", .socket.display(), .lock.display())]
+    Lock {
+        socket: PathBuf,
+        lock: PathBuf,
+        source: io::Error,
+    },
     #[error("API socket path {} is {length} bytes long; a Unix socket path holds at most {max}", .path.display(), max = socket::MAX_SOCKET_PATH)]
     PathTooLong { path: PathBuf, length: usize },
     #[error("cannot create the API socket {}: {source}", .path.display())]
