@@ -1,7 +1,8 @@
 //! The HTTP/JSON API on a Unix socket and its client, `vmm ctl`.
 //!
 //! - [`server`]: the socket and the thread that serves it ([`ApiServer`]).
-//! - [`connection`]: one client connection: HTTP framing, keep-alive, limits.
+//! - [`connection`]: one client connection: buffers, keep-alive, limits.
+//! - [`framing`]: where each request in a connection's input begins and ends (HTTP/1.1).
 //! - [`routes`]: what each route does, over [`VmControl`].
 //! - [`types`]: the JSON bodies on the wire.
 //! - [`socket`]: the socket file: mode 0600, stale sockets, removal.
@@ -12,6 +13,7 @@
 
 pub mod client;
 pub mod connection;
+pub mod framing;
 pub mod routes;
 pub mod server;
 pub mod socket;
