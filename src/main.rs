@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use log::LevelFilter;
 
 use vmm::api::CtlArgs;
-use vmm::config::{VmConfig, DEFAULT_MEMORY};
+use vmm::config::{InstanceId, VmConfig, DEFAULT_MEMORY};
 use vmm::devices::virtio::balloon::BalloonConfig;
 use vmm::lifecycle::exit_status;
 use vmm::logging::LogConfig;
@@ -73,6 +73,10 @@ struct RunArgs {
     /// Serve the JSON API on this Unix socket (mode 0600; removed when vmm exits).
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    /// The name of this VM, shown by the API (GET /): 1 to 64 ASCII letters, digits and
+    /// hyphens, as Firecracker's --id.
+    #[arg(long, value_name = "ID", default_value = InstanceId::DEFAULT)]
+    id: InstanceId,
     /// Log messages of this level and above to stderr [default: warn]. Sets the level of
     /// every module; module directives in RUST_LOG (virtio_queue=debug) still apply.
     #[arg(long, value_name = "LEVEL", value_enum)]
@@ -184,6 +188,7 @@ fn run_vm(args: RunArgs) -> ExitCode {
         return fail(format_args!("vmm: {e}"), exit_status::USAGE);
     }
     let config = VmConfig {
+        id: args.id,
         kernel,
         initrd: args.initrd,
         cmdline_extra: args.cmdline,

@@ -30,9 +30,11 @@ pub use client::{run as run_ctl, ClientError, CtlArgs};
 pub use connection::ServerLimits;
 pub use server::ApiServer;
 
-/// What `GET /vm` shows.
+/// What `GET /vm`, `GET /` and `GET /machine-config` show.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmInfo {
+    /// The instance ID given with `--id`.
+    pub id: String,
     pub vcpus: u8,
     pub memory_bytes: u64,
     /// `"Running"` while the guest runs, `"Stopping"` once a shutdown was requested.
