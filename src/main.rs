@@ -150,19 +150,29 @@ fn clap_error(e: clap::Error) -> ExitCode {
                 .collect();
             let first = message.join(" ");
             let first = first.trim_start_matches("error: ");
+            let help = if is_ctl() {
+                "vmm ctl --help"
+            } else {
+                "vmm --help"
+            };
             fail(
-                format_args!("vmm: {first} (see vmm --help)"),
+                format_args!("vmm: {first} (see {help})"),
                 exit_status::USAGE,
             )
         }
     }
 }
 
+/// Whether the command line is `vmm ctl ...` (a subcommand must come first).
+fn is_ctl() -> bool {
+    std::env::args_os().nth(1).is_some_and(|arg| arg == "ctl")
+}
+
 fn run_ctl(args: &CtlArgs) -> ExitCode {
     let mut stdout = std::io::stdout();
     match vmm::api::run_ctl(args, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(format_args!("vmm ctl: {e}"), 1),
+        Err(e) => fail(format_args!("vmm ctl: {e}"), e.exit_status()),
     }
 }
 

@@ -163,7 +163,12 @@ fn refusals_keep_their_status_when_stderr_is_closed_or_unread() {
         (&["--kernel", junk.path()], Some("vmm=loud"), 2),
         (&["--kernel", junk.path(), "--cpus", "0"], None, 1),
         (&["--kernel", junk.path(), "--log-level", "trace"], None, 1),
-        (&["ctl", "--api-sock", socket, "vm", "info"], None, 1),
+        (&["ctl", "--api-sock", socket, "vm", "info"], None, 69),
+        (
+            &["ctl", "--api-sock", socket, "balloon", "set", "512"],
+            None,
+            2,
+        ),
         (&["--help"], None, 0),
     ];
     for &(args, rust_log, expected) in cases {
