@@ -17,6 +17,8 @@ pub const DEFAULT_MEMORY: u64 = 512 * MIB;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
+    /// The name of this VM (`--id`), shown by the API.
+    pub id: InstanceId,
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     /// Appended to [`BASE_CMDLINE`](crate::arch::x86_64::cmdline::BASE_CMDLINE).
@@ -30,6 +32,66 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     /// Where the guest's serial console goes (`--serial`).
     pub serial: SerialMode,
+}
+
+/// The instance ID that names a VM (`--id`), with Firecracker's rule and default, so that
+/// tools written for Firecracker's `GET /` read it unchanged: 1 to 64 ASCII letters,
+/// digits and hyphens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    /// The ID of a VM started without `--id`.
+    pub const DEFAULT: &'static str = "anonymous-instance";
+    pub const MAX_LENGTH: usize = 64;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for InstanceId {
+    fn default() -> Self {
+        InstanceId(Self::DEFAULT.to_string())
+    }
+}
+
+impl std::fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InstanceIdError {
+    #[error("an instance ID needs at least one character")]
+    Empty,
+    #[error("an instance ID has at most {max} characters; this one has {0}", max = InstanceId::MAX_LENGTH)]
+    TooLong(usize),
+    #[error("an instance ID holds only ASCII letters, digits and hyphens; {character:?} at position {position} is none of them")]
+    BadCharacter { character: char, position: usize },
+}
+
+impl std::str::FromStr for InstanceId {
+    type Err = InstanceIdError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Some((position, character)) = text
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !c.is_ascii_alphanumeric() && *c != '-')
+        {
+            return Err(InstanceIdError::BadCharacter {
+                character,
+                position,
+            });
+        }
+        match text.len() {
+            0 => Err(InstanceIdError::Empty),
+            length if length > Self::MAX_LENGTH => Err(InstanceIdError::TooLong(length)),
+            _ => Ok(InstanceId(text.to_string())),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +160,7 @@ mod tests {
 
     fn config() -> VmConfig {
         VmConfig {
+            id: InstanceId::default(),
             kernel: PathBuf::from("/boot/vmlinuz"),
             initrd: None,
             cmdline_extra: None,
@@ -135,5 +198,32 @@ mod tests {
             .to_string()
             .starts_with("--mem 1024 TiB: more than this host has"));
         assert!(validate_numbers(&config()).is_ok());
+    }
+
+    #[test]
+    fn instance_ids_follow_firecrackers_rule() {
+        for good in ["anonymous-instance", "a", "VM-42", &"x".repeat(64)] {
+            assert_eq!(good.parse::<InstanceId>().unwrap().as_str(), good);
+        }
+        assert_eq!(InstanceId::default().as_str(), "anonymous-instance");
+        assert_eq!("".parse::<InstanceId>(), Err(InstanceIdError::Empty));
+        assert_eq!(
+            "x".repeat(65).parse::<InstanceId>(),
+            Err(InstanceIdError::TooLong(65))
+        );
+        let err = "vm_1".parse::<InstanceId>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "an instance ID holds only ASCII letters, digits and hyphens; '_' at position 2 is none of them"
+        );
+        // A control character is shown escaped, so the message stays on one line.
+        let err = "a\nb".parse::<InstanceId>().unwrap_err();
+        assert!(err.to_string().contains("'\\n' at position 1"), "{err}");
+        assert!(matches!(
+            "é".parse::<InstanceId>(),
+            Err(InstanceIdError::BadCharacter {
+                character: 'é', ..
+            })
+        ));
     }
 }

@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand};
 use log::LevelFilter;
 
 use vmm::api::CtlArgs;
-use vmm::config::{VmConfig, DEFAULT_MEMORY};
+use vmm::config::{InstanceId, VmConfig, DEFAULT_MEMORY};
 use vmm::console::{ConsoleOutput, SerialMode};
 use vmm::devices::virtio::balloon::BalloonConfig;
 use vmm::lifecycle::{exit_status, fail_stop};
@@ -78,6 +78,10 @@ struct RunArgs {
     /// Serve the JSON API on this Unix socket (mode 0600; removed when vmm exits).
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    /// The name of this VM, shown by the API (GET /): 1 to 64 ASCII letters, digits and
+    /// hyphens, as Firecracker's --id.
+    #[arg(long, value_name = "ID", default_value = InstanceId::DEFAULT)]
+    id: InstanceId,
     /// Log messages of this level and above [default: warn]. Sets the level of every
     /// module; module directives in RUST_LOG (virtio_queue=debug) still apply.
     #[arg(long, value_name = "LEVEL", value_enum)]
@@ -187,19 +191,29 @@ fn clap_error(e: clap::Error) -> ExitCode {
                 .collect();
             let first = message.join(" ");
             let first = first.trim_start_matches("error: ");
+            let help = if is_ctl() {
+                "vmm ctl --help"
+            } else {
+                "vmm --help"
+            };
             fail(
-                format_args!("vmm: {first} (see vmm --help)"),
+                format_args!("vmm: {first} (see {help})"),
                 exit_status::USAGE,
             )
         }
     }
 }
 
+/// Whether the command line is `vmm ctl ...` (a subcommand must come first).
+fn is_ctl() -> bool {
+    std::env::args_os().nth(1).is_some_and(|arg| arg == "ctl")
+}
+
 fn run_ctl(args: &CtlArgs) -> ExitCode {
     let mut stdout = std::io::stdout();
     match vmm::api::run_ctl(args, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(format_args!("vmm ctl: {e}"), 1),
+        Err(e) => fail(format_args!("vmm ctl: {e}"), e.exit_status()),
     }
 }
 
@@ -244,6 +258,7 @@ fn run_vm(args: RunArgs) -> ExitCode {
         return fail(format_args!("vmm: {e}"), exit_status::USAGE);
     }
     let config = VmConfig {
+        id: args.id,
         kernel,
         initrd: args.initrd,
         cmdline_extra: args.cmdline,

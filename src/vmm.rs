@@ -146,6 +146,7 @@ impl Vm {
     /// What the API may see of and do to this VM.
     pub fn controller(&self) -> VmController {
         VmController::new(
+            self.config.id.clone(),
             self.config.vcpus,
             self.config.mem_size,
             self.lifecycle(),

@@ -4,8 +4,17 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+
 use common::http::{field, get_json, patch, request};
 use common::{scaled, wait_until, GuestVm, EXIT_TIMEOUT, PAGES_PER_MIB, RESIZE_TIMEOUT};
+
+/// The lock file a running vmm holds next to its socket.
+fn lock_of(sock: &Path) -> PathBuf {
+    let mut lock = sock.as_os_str().to_owned();
+    lock.push(".lock");
+    PathBuf::from(lock)
+}
 
 fn ctl_ok(vm: &mut GuestVm, args: &[&str]) -> String {
     let out = vm.ctl(args);
@@ -25,13 +34,24 @@ fn resize_a_running_guest_through_the_socket_then_shut_it_down() {
         .cpus(2)
         .balloon("stats=1,page-reporting")
         .api_sock()
+        .arg("--id")
+        .arg("api-boot-1")
         .boot();
     let sock = vm.api_sock().to_path_buf();
+    assert!(lock_of(&sock).is_file(), "no lock next to the socket");
 
     let info = get_json(&sock, "/vm");
     assert_eq!(field(&info, "vcpus"), 2);
     assert_eq!(field(&info, "memory_mib"), 1024);
     assert_eq!(info["state"], "Running");
+    // Firecracker's read routes show what the command line asked for.
+    let instance = get_json(&sock, "/");
+    assert_eq!(instance["id"], "api-boot-1");
+    assert_eq!(instance["state"], "Running");
+    assert_eq!(instance["app_name"], "vmm");
+    let machine = get_json(&sock, "/machine-config");
+    assert_eq!(field(&machine, "vcpu_count"), 2);
+    assert_eq!(field(&machine, "mem_size_mib"), 1024);
     let full_total = vm.meminfo_kib("MemTotal");
 
     // curl -X PATCH /balloon -d '{"amount_mib": 300}'
@@ -89,6 +109,7 @@ fn resize_a_running_guest_through_the_socket_then_shut_it_down() {
     let exit = vm.wait_exit(EXIT_TIMEOUT);
     assert!(exit.success(), "vmm exited with {exit}");
     assert!(!sock.exists(), "the API socket outlived vmm");
+    assert!(!lock_of(&sock).exists(), "the socket's lock outlived vmm");
 }
 
 #[test]
@@ -139,4 +160,5 @@ fn a_termination_signal_ends_vmm_and_removes_the_socket() {
         "vmm exited with {exit}"
     );
     assert!(!sock.exists(), "the API socket outlived vmm");
+    assert!(!lock_of(&sock).exists(), "the socket's lock outlived vmm");
 }

@@ -94,6 +94,25 @@ fn malformed_mem_sizes_are_refused() {
     }
 }
 
+#[test]
+fn a_bad_instance_id_is_a_usage_error_naming_it() {
+    let junk = JunkFile::new();
+    let long = "x".repeat(65);
+    for (bad, words) in [
+        ("vm_1", &["vm_1", "'_' at position 2"][..]),
+        (long.as_str(), &["at most 64 characters"][..]),
+        ("", &["at least one character"][..]),
+    ] {
+        let out = run_vmm(&["--kernel", junk.path(), "--id", bad], CLI_TIMEOUT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--id {bad:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        for word in words {
+            assert!(stderr.contains(word), "--id {bad:?}: {stderr}");
+        }
+    }
+}
+
 /// The write end of a pipe whose read end is already closed: every write to it fails
 /// (EPIPE), as when vmm's output goes to a reader that has gone.
 fn broken_pipe() -> OwnedFd {
@@ -144,7 +163,12 @@ fn refusals_keep_their_status_when_stderr_is_closed_or_unread() {
         (&["--kernel", junk.path()], Some("vmm=loud"), 2),
         (&["--kernel", junk.path(), "--cpus", "0"], None, 1),
         (&["--kernel", junk.path(), "--log-level", "trace"], None, 1),
-        (&["ctl", "--api-sock", socket, "vm", "info"], None, 1),
+        (&["ctl", "--api-sock", socket, "vm", "info"], None, 69),
+        (
+            &["ctl", "--api-sock", socket, "balloon", "set", "512"],
+            None,
+            2,
+        ),
         (&["--help"], None, 0),
     ];
     for &(args, rust_log, expected) in cases {

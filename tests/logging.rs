@@ -53,6 +53,7 @@ struct ModelVm;
 impl VmControl for ModelVm {
     fn info(&self) -> VmInfo {
         VmInfo {
+            id: "logging-test".to_string(),
             vcpus: 1,
             memory_bytes: 256 << 20,
             state: "Running",

@@ -1,7 +1,9 @@
 //! `vmm ctl`: the command-line client of the API.
 //!
 //! It speaks HTTP/1.1 over the Unix socket, one connection per request, and gives up after
-//! `--timeout` seconds so that a VMM that stopped answering cannot hang a script.
+//! `--timeout` seconds so that a VMM that stopped answering cannot hang a script. Its exit
+//! status tells a script what happened ([`exit_status`]): above all, whether the VMM said
+//! no or no VMM was there to ask.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -10,6 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::size::{parse_size, HumanSize, SizeError, MIB};
 
@@ -22,13 +25,44 @@ use super::types::{
 pub const DEFAULT_TIMEOUT_S: u64 = 10;
 /// The largest answer the client reads; the API's answers are far smaller.
 const MAX_ANSWER: usize = 1 << 20;
+/// The environment variable that gives the socket when `--api-sock` does not.
+pub const API_SOCK_ENV: &str = "VMM_API_SOCK";
+
+/// The exit statuses of `vmm ctl`. A script can tell a VMM that said no (1) from a VMM
+/// that is not there to ask (69), and both from a command line that does not parse (2).
+pub mod exit_status {
+    /// The VMM did what was asked.
+    pub const OK: u8 = 0;
+    /// The VMM refused the request (its message says why), or the exchange broke off once
+    /// connected (so the request may or may not have been carried out), or the output
+    /// could not be written.
+    pub const FAILED: u8 = 1;
+    /// The command line does not parse, as for `vmm` itself.
+    pub const USAGE: u8 = crate::lifecycle::exit_status::USAGE;
+    /// No VMM answered: no socket at the path, nothing listening on it, or no answer
+    /// within `--timeout`. 69 is `EX_UNAVAILABLE` of sysexits.h, "a service is
+    /// unavailable", and no status of `vmm` itself.
+    pub const UNREACHABLE: u8 = 69;
+}
+
+/// The end of `vmm ctl --help`.
+const AFTER_HELP: &str = "\
+The socket is --api-sock PATH, anywhere on the line, or else $VMM_API_SOCK.
+
+Exit status:
+  0   the VMM did what was asked
+  1   the VMM refused the request (its message is printed), or the exchange broke off
+  2   usage error: the command line does not parse (a size without unit, no socket given)
+  69  no VMM answered: no socket at PATH, nothing listening on it, or no answer within
+      --timeout";
 
 /// `vmm ctl`: talk to a running vmm through its API socket.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = AFTER_HELP)]
 pub struct CtlArgs {
     /// The API socket of the running vmm (the path given to its --api-sock)
-    #[arg(long, value_name = "PATH")]
-    pub api_sock: PathBuf,
+    #[arg(long, global = true, env = API_SOCK_ENV, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
     /// Print the VMM's JSON answer as it came instead of a summary
     #[arg(long, global = true)]
     pub json: bool,
@@ -54,9 +88,9 @@ pub enum CtlCommand {
 pub enum BalloonCommand {
     /// Set the balloon's target size: the memory taken from the guest (512M, 1G, 0)
     Set {
-        /// A whole number of MiB, written like 512M, 1G, 1536MiB or 0
-        #[arg(value_name = "SIZE")]
-        size: String,
+        /// A whole number of MiB, written with its unit: 512M, 1G, 1536MiB, or 0
+        #[arg(value_name = "SIZE", value_parser = balloon_size_mib)]
+        size_mib: u32,
     },
     /// Show the balloon's target and actual size and its features
     Get,
@@ -96,10 +130,14 @@ pub enum VmCommand {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error("no API socket given: pass --api-sock PATH (the path vmm was started with) or set {API_SOCK_ENV}")]
+    NoSocket,
     #[error("no API socket at {}; is vmm running with --api-sock {}?", .0.display(), .0.display())]
     SocketMissing(PathBuf),
     #[error("nothing is listening on {} (the vmm that created it has exited)", .0.display())]
     NotListening(PathBuf),
+    #[error("the VMM at {} is not taking connections (its queue of waiting clients is full)", .0.display())]
+    Busy(PathBuf),
     #[error("cannot connect to the API socket {}: {source}", .path.display())]
     Connect { path: PathBuf, source: io::Error },
     #[error("the VMM did not answer within {} second{}", .0.as_secs(), if .0.as_secs() == 1 { "" } else { "s" })]
@@ -110,26 +148,51 @@ pub enum ClientError {
     BadAnswer(String),
     #[error("the VMM refused the request (HTTP {status}): {message}")]
     Refused { status: u16, message: String },
+    #[error("cannot write the output: {0}")]
+    Output(io::Error),
+}
+
+impl ClientError {
+    /// The status `vmm ctl` exits with after this error.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            ClientError::NoSocket => exit_status::USAGE,
+            ClientError::SocketMissing(_)
+            | ClientError::NotListening(_)
+            | ClientError::Busy(_)
+            | ClientError::Connect { .. }
+            | ClientError::Timeout(_) => exit_status::UNREACHABLE,
+            ClientError::Io(_)
+            | ClientError::BadAnswer(_)
+            | ClientError::Refused { .. }
+            | ClientError::Output(_) => exit_status::FAILED,
+        }
+    }
+}
+
+/// Why a balloon size on the command line is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BalloonSizeError {
+    #[error("balloon size {0} has no unit; did you mean {0}M?")]
+    NoUnit(String),
     #[error(transparent)]
     Size(#[from] SizeError),
     #[error("balloon size \"{0}\" is not a whole number of MiB; the balloon is sized in MiB")]
     NotWholeMib(String),
     #[error("balloon size \"{0}\" is too large")]
-    SizeTooLarge(String),
-    #[error("cannot write the output: {0}")]
-    Output(io::Error),
+    TooLarge(String),
 }
 
 /// Runs one `vmm ctl` command, writing what it shows to `out`.
 pub fn run(args: &CtlArgs, out: &mut dyn Write) -> Result<(), ClientError> {
     let api = ApiClient {
-        socket: &args.api_sock,
+        socket: args.api_sock.as_deref().ok_or(ClientError::NoSocket)?,
         timeout: Duration::from_secs(args.timeout),
     };
     let json = args.json;
     match &args.command {
-        CtlCommand::Balloon(BalloonCommand::Set { size }) => {
-            let amount_mib = balloon_size_mib(size)?;
+        CtlCommand::Balloon(BalloonCommand::Set { size_mib }) => {
+            let amount_mib = *size_mib;
             let body = to_json(&BalloonUpdate { amount_mib });
             let answer = api.request("PATCH", "/balloon", Some(&body))?;
             show(out, json, &answer, |out| {
@@ -191,13 +254,21 @@ pub fn run(args: &CtlArgs, out: &mut dyn Write) -> Result<(), ClientError> {
     }
 }
 
-/// A balloon size on the command line in whole MiB.
-fn balloon_size_mib(text: &str) -> Result<u32, ClientError> {
+/// A balloon size on the command line, in whole MiB. A bare number other than 0 is
+/// refused: `balloon set 512` is far more likely to mean 512 MiB than 512 bytes.
+pub fn balloon_size_mib(text: &str) -> Result<u32, BalloonSizeError> {
+    let trimmed = text.trim();
+    if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+        if trimmed.bytes().all(|b| b == b'0') {
+            return Ok(0);
+        }
+        return Err(BalloonSizeError::NoUnit(trimmed.to_string()));
+    }
     let bytes = parse_size(text)?;
     if bytes % MIB != 0 {
-        return Err(ClientError::NotWholeMib(text.to_string()));
+        return Err(BalloonSizeError::NotWholeMib(text.to_string()));
     }
-    u32::try_from(bytes / MIB).map_err(|_| ClientError::SizeTooLarge(text.to_string()))
+    u32::try_from(bytes / MIB).map_err(|_| BalloonSizeError::TooLarge(text.to_string()))
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
@@ -332,6 +403,7 @@ fn show_hinting(out: &mut dyn Write, status: &HintingStatusBody) -> io::Result<(
 }
 
 fn show_vm(out: &mut dyn Write, vm: &VmInfoBody) -> io::Result<()> {
+    line(out, "id", &vm.id)?;
     line(out, "state", &vm.state)?;
     line(out, "vCPUs", vm.vcpus)?;
     line(out, "memory", HumanSize(vm.memory_mib * MIB))?;
@@ -397,16 +469,21 @@ impl ApiClient<'_> {
         Err(ClientError::Refused { status, message })
     }
 
+    /// Connects without ever waiting: a VMM whose queue of waiting clients is full is
+    /// reported at once rather than waited for with no limit.
     fn connect(&self) -> Result<UnixStream, ClientError> {
-        let stream = UnixStream::connect(self.socket).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ClientError::SocketMissing(self.socket.to_path_buf()),
-            io::ErrorKind::ConnectionRefused => {
-                ClientError::NotListening(self.socket.to_path_buf())
-            }
-            _ => ClientError::Connect {
-                path: self.socket.to_path_buf(),
-                source: e,
-            },
+        let path = self.socket.to_path_buf();
+        let connected = Socket::new(Domain::UNIX, Type::STREAM, None).and_then(|socket| {
+            socket.set_nonblocking(true)?;
+            socket.connect(&SockAddr::unix(self.socket)?)?;
+            socket.set_nonblocking(false)?;
+            Ok(UnixStream::from(std::os::fd::OwnedFd::from(socket)))
+        });
+        let stream = connected.map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ClientError::SocketMissing(path),
+            io::ErrorKind::ConnectionRefused => ClientError::NotListening(path),
+            io::ErrorKind::WouldBlock => ClientError::Busy(path),
+            _ => ClientError::Connect { path, source: e },
         })?;
         stream
             .set_read_timeout(Some(self.timeout))
@@ -537,20 +614,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn balloon_sizes_are_whole_mib() {
+    fn balloon_sizes_are_whole_mib_with_a_unit() {
         assert_eq!(balloon_size_mib("512M").unwrap(), 512);
         assert_eq!(balloon_size_mib("1G").unwrap(), 1024);
+        assert_eq!(balloon_size_mib("1536MiB").unwrap(), 1536);
         assert_eq!(balloon_size_mib("0").unwrap(), 0);
+        assert_eq!(balloon_size_mib("000").unwrap(), 0);
+        let err = balloon_size_mib("512").unwrap_err();
+        assert_eq!(err, BalloonSizeError::NoUnit("512".to_string()));
+        assert!(err.to_string().contains("did you mean 512M?"), "{err}");
         let err = balloon_size_mib("1000K").unwrap_err();
-        assert!(matches!(err, ClientError::NotWholeMib(ref text) if text == "1000K"));
+        assert_eq!(err, BalloonSizeError::NotWholeMib("1000K".to_string()));
         assert!(err.to_string().contains("\"1000K\""));
-        assert!(matches!(
+        assert_eq!(
             balloon_size_mib("4096T"),
-            Err(ClientError::SizeTooLarge(_))
-        ));
+            Err(BalloonSizeError::TooLarge("4096T".to_string()))
+        );
         assert!(matches!(
             balloon_size_mib("lots"),
-            Err(ClientError::Size(_))
+            Err(BalloonSizeError::Size(_))
+        ));
+        assert!(matches!(
+            balloon_size_mib(""),
+            Err(BalloonSizeError::Size(_))
         ));
     }
 

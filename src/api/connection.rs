@@ -1,24 +1,22 @@
-//! One client connection: its buffers, HTTP/1.1 framing (httparse) and keep-alive.
+//! One client connection: its buffers, keep-alive, and the limits on what it may hold.
 //!
 //! A connection never blocks: it reads what is there, answers every complete request in
 //! order (several may arrive in one read: pipelining), and writes what the socket takes.
-//! Bytes of a request still on their way stay in the buffer until the rest arrives.
-//! Every answer that refuses a request is logged once, as it is queued ([`log_refusal`]).
+//! Bytes of a request still on their way stay in the buffer until the rest arrives; the
+//! [`RequestFramer`] remembers how far it got, so they are not framed again. Every answer
+//! that refuses a request is logged once, as it is queued ([`log_refusal`]).
 
 use std::io::{self, Read, Write};
-use std::ops::Range;
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::EventSet;
 
+use super::framing::{request_line, Framing, RequestFramer};
 use super::routes::{self, RequestBody, Response};
 use super::types::Fault;
 use super::VmControl;
-
-/// Headers a request may carry.
-const MAX_HEADERS: usize = 32;
 /// Answers a connection may have waiting to be sent before it stops reading requests (a
 /// client that sends but never reads must not make the server buffer without end).
 const OUTPUT_HIGH_WATER: usize = 64 * 1024;
@@ -61,7 +59,12 @@ impl ServerLimits {
 
 pub struct Connection {
     stream: UnixStream,
+    /// What the client sent; `input[consumed..]` is not answered yet.
     input: Vec<u8>,
+    /// Bytes at the start of `input` taken by requests already answered; dropped from
+    /// `input` once per wake-up rather than once per request.
+    consumed: usize,
+    framer: RequestFramer,
     output: Vec<u8>,
     /// The request being received asked `Expect: 100-continue` and was told to go on.
     continue_sent: bool,
@@ -77,6 +80,8 @@ impl Connection {
         Connection {
             stream,
             input: Vec::new(),
+            consumed: 0,
+            framer: RequestFramer::new(),
             output: Vec::new(),
             continue_sent: false,
             peer_done: false,
@@ -91,6 +96,12 @@ impl Connection {
 
     pub fn last_activity(&self) -> Instant {
         self.last_activity
+    }
+
+    /// Bytes of input framing has looked at over the connection's life (see
+    /// [`RequestFramer::bytes_examined`]).
+    pub fn bytes_examined(&self) -> u64 {
+        self.framer.bytes_examined()
     }
 
     /// No answer is waiting to be sent, so closing the connection loses none.
@@ -184,18 +195,26 @@ impl Connection {
     /// be sent reach the high-water mark. Returns true if it stopped there with requests
     /// possibly left unanswered.
     fn answer_requests(&mut self, vm: &dyn VmControl, limits: &ServerLimits) -> bool {
+        let held_back = self.answer_pending(vm, limits);
+        self.input.drain(..self.consumed);
+        self.consumed = 0;
+        held_back
+    }
+
+    fn answer_pending(&mut self, vm: &dyn VmControl, limits: &ServerLimits) -> bool {
         while !self.closing {
+            let pending = &self.input[self.consumed..];
             if self.output.len() >= OUTPUT_HIGH_WATER {
-                return !self.input.is_empty();
+                return !pending.is_empty();
             }
-            match frame_request(&self.input, limits) {
+            match self.framer.frame(pending, limits) {
                 Framing::Incomplete { expects_continue } => {
-                    if self.peer_done && !self.input.is_empty() {
+                    if self.peer_done && !pending.is_empty() {
                         let response = Response::fault(
                             400,
                             "the connection was closed in the middle of a request",
                         );
-                        log_refusal(request_line(&self.input), &response);
+                        log_refusal(request_line(pending), &response);
                         self.answer_and_close(&response, false);
                     } else if expects_continue && !self.continue_sent {
                         self.output.extend_from_slice(CONTINUE);
@@ -204,13 +223,13 @@ impl Connection {
                     return false;
                 }
                 Framing::Refused(response) => {
-                    log_refusal(request_line(&self.input), &response);
+                    log_refusal(request_line(pending), &response);
                     self.answer_and_close(&response, false);
                 }
                 Framing::Complete(request) => {
                     let body = match &request.body {
                         None => RequestBody::Absent,
-                        Some(range) => RequestBody::Present(&self.input[range.clone()]),
+                        Some(range) => RequestBody::Present(&pending[range.clone()]),
                     };
                     let response = catch_unwind(AssertUnwindSafe(|| {
                         routes::handle(vm, &request.method, &request.target, body)
@@ -223,7 +242,8 @@ impl Connection {
                     if request.keep_alive && !response.close {
                         self.output
                             .extend_from_slice(&encode(&response, false, head_only));
-                        self.input.drain(..request.length);
+                        self.consumed += request.length;
+                        self.framer.next_request();
                         self.continue_sent = false;
                     } else {
                         self.answer_and_close(&response, head_only);
@@ -239,153 +259,10 @@ impl Connection {
         self.output
             .extend_from_slice(&encode(response, true, head_only));
         self.input = Vec::new();
+        self.consumed = 0;
+        self.framer.next_request();
         self.closing = true;
     }
-}
-
-/// A complete request found at the start of the input.
-#[derive(Debug)]
-struct Request {
-    method: String,
-    target: String,
-    /// Where the body lies in the input; `None` without `Content-Length`.
-    body: Option<Range<usize>>,
-    /// Bytes of input the request takes, headers and body.
-    length: usize,
-    keep_alive: bool,
-}
-
-#[derive(Debug)]
-enum Framing {
-    /// More bytes are needed. `expects_continue`: the headers are in and ask for
-    /// `100 Continue` before the body.
-    Incomplete {
-        expects_continue: bool,
-    },
-    Complete(Request),
-    /// The request cannot be delimited or is too large; the connection must close.
-    Refused(Response),
-}
-
-fn frame_request(input: &[u8], limits: &ServerLimits) -> Framing {
-    let too_large_headers = || {
-        Framing::Refused(Response::fault(
-            431,
-            format!(
-                "the request line and headers are larger than {} bytes",
-                limits.max_header
-            ),
-        ))
-    };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let header_length = match request.parse(input) {
-        Ok(httparse::Status::Complete(length)) => length,
-        Ok(httparse::Status::Partial) if input.len() > limits.max_header => {
-            return too_large_headers()
-        }
-        Ok(httparse::Status::Partial) => {
-            return Framing::Incomplete {
-                expects_continue: false,
-            }
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Framing::Refused(Response::fault(
-                431,
-                format!("the request has more than {MAX_HEADERS} headers"),
-            ))
-        }
-        Err(e) => {
-            return Framing::Refused(Response::fault(400, format!("malformed HTTP request: {e}")))
-        }
-    };
-    if header_length > limits.max_header {
-        return too_large_headers();
-    }
-
-    let mut content_length: Option<usize> = None;
-    // As sent, for the error message: a length past usize::MAX is read as usize::MAX.
-    let mut content_length_text = String::new();
-    let mut transfer_encoding = false;
-    let mut close = false;
-    let mut expects_continue = false;
-    for header in request.headers.iter() {
-        let value = String::from_utf8_lossy(header.value);
-        let value = value.trim();
-        if header.name.eq_ignore_ascii_case("content-length") {
-            let parsed = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                // Digits beyond what usize holds are a body over any limit (413 below).
-                Some(value.parse::<usize>().unwrap_or(usize::MAX))
-            } else {
-                None
-            };
-            match (parsed, content_length) {
-                (None, _) => {
-                    return Framing::Refused(Response::fault(
-                        400,
-                        format!("Content-Length \"{value}\" is not a byte count"),
-                    ))
-                }
-                (Some(new), Some(old)) if new != old => {
-                    return Framing::Refused(Response::fault(
-                        400,
-                        format!("the request has two Content-Length headers ({old} and {new})"),
-                    ))
-                }
-                (Some(new), _) => {
-                    content_length = Some(new);
-                    content_length_text = value.to_string();
-                }
-            }
-        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = true;
-        } else if header.name.eq_ignore_ascii_case("connection") {
-            close |= value
-                .split(',')
-                .any(|token| token.trim().eq_ignore_ascii_case("close"));
-        } else if header.name.eq_ignore_ascii_case("expect") {
-            expects_continue = value.eq_ignore_ascii_case("100-continue");
-        }
-    }
-
-    if transfer_encoding {
-        return Framing::Refused(Response::fault(
-            411,
-            "Transfer-Encoding (such as chunked) is not supported; send the body with a Content-Length header",
-        ));
-    }
-    if let Some(length) = content_length {
-        if length > limits.max_body {
-            return Framing::Refused(Response::fault(
-                413,
-                format!(
-                    "the request body of {content_length_text} bytes is larger than the limit of {} bytes",
-                    limits.max_body
-                ),
-            ));
-        }
-    }
-    let length = header_length + content_length.unwrap_or(0);
-    if input.len() < length {
-        return Framing::Incomplete { expects_continue };
-    }
-    // An HTTP/1.0 client gets one answer per connection.
-    let keep_alive = request.version == Some(1) && !close;
-    Framing::Complete(Request {
-        method: request.method.unwrap_or_default().to_string(),
-        target: request.path.unwrap_or_default().to_string(),
-        body: content_length.map(|body_length| header_length..header_length + body_length),
-        length,
-        keep_alive,
-    })
-}
-
-/// The method and target of a request, as far as its first line could be read.
-fn request_line(input: &[u8]) -> Option<(&str, &str)> {
-    // No room for headers: parsing stops after the request line, which is all this needs.
-    let mut request = httparse::Request::new(&mut []);
-    let _ = request.parse(input);
-    Some((request.method?, request.path?))
 }
 
 /// Logs an answer that refuses a request (status 400 and above), with the request's method
@@ -462,92 +339,6 @@ fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(input: &str) -> Framing {
-        frame_request(input.as_bytes(), &ServerLimits::default())
-    }
-
-    #[test]
-    fn frames_a_request_with_its_body() {
-        let input = "PATCH /balloon HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET";
-        let Framing::Complete(request) = frame(input) else {
-            panic!("not complete");
-        };
-        assert_eq!(request.method, "PATCH");
-        assert_eq!(request.target, "/balloon");
-        assert_eq!(&input[request.body.clone().unwrap()], "{}");
-        assert_eq!(request.length, input.len() - 3);
-        assert!(request.keep_alive);
-    }
-
-    #[test]
-    fn waits_for_the_rest_of_a_request() {
-        assert!(matches!(
-            frame("GET /vm HTTP/1.1\r\nHost: x\r\n"),
-            Framing::Incomplete {
-                expects_continue: false
-            }
-        ));
-        assert!(matches!(
-            frame("PATCH /balloon HTTP/1.1\r\nContent-Length: 20\r\nExpect: 100-continue\r\n\r\n{"),
-            Framing::Incomplete {
-                expects_continue: true
-            }
-        ));
-    }
-
-    #[test]
-    fn http_1_0_and_connection_close_end_the_connection() {
-        let Framing::Complete(request) = frame("GET /vm HTTP/1.0\r\n\r\n") else {
-            panic!("not complete");
-        };
-        assert!(!request.keep_alive);
-        let Framing::Complete(request) = frame("GET /vm HTTP/1.1\r\nConnection: Close\r\n\r\n")
-        else {
-            panic!("not complete");
-        };
-        assert!(!request.keep_alive);
-    }
-
-    #[test]
-    fn refuses_what_cannot_be_delimited() {
-        let status = |input: &str| match frame(input) {
-            Framing::Refused(response) => response.status,
-            other => panic!("{input:?} was not refused: {other:?}"),
-        };
-        assert_eq!(status("GET /vm HTTP/1.1\r\nContent-Length: x\r\n\r\n"), 400);
-        assert_eq!(
-            status("GET /vm HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
-            400
-        );
-        assert_eq!(
-            status("GET /vm HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
-            400
-        );
-        assert_eq!(
-            status("PATCH /balloon HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            411
-        );
-        assert_eq!(
-            status("PATCH /balloon HTTP/1.1\r\nContent-Length: 100000\r\n\r\n"),
-            413
-        );
-        assert_eq!(status("GARBAGE\0\r\n\r\n"), 400);
-    }
-
-    #[test]
-    fn reads_the_request_line_of_a_refused_request() {
-        fn line(input: &str) -> Option<(&str, &str)> {
-            request_line(input.as_bytes())
-        }
-        assert_eq!(
-            line("PATCH /balloon HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
-            Some(("PATCH", "/balloon"))
-        );
-        assert_eq!(line("GET /vm HTTP/1.1\r\nHost: x"), Some(("GET", "/vm")));
-        assert_eq!(line("GET /v"), None);
-        assert_eq!(line("GARBAGE\0\r\n\r\n"), None);
-    }
 
     #[test]
     fn encodes_answers() {

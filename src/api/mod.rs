@@ -1,19 +1,23 @@
 //! The HTTP/JSON API on a Unix socket and its client, `vmm ctl`.
 //!
 //! - [`server`]: the socket and the thread that serves it ([`ApiServer`]).
-//! - [`connection`]: one client connection: HTTP framing, keep-alive, limits.
+//! - [`connection`]: one client connection: buffers, keep-alive, limits.
+//! - [`framing`]: where each request in a connection's input begins and ends (HTTP/1.1).
 //! - [`routes`]: what each route does, over [`VmControl`].
 //! - [`types`]: the JSON bodies on the wire.
 //! - [`socket`]: the socket file: mode 0600, stale sockets, removal.
+//! - [`socket_lock`]: the lock next to the socket that keeps two vmm off one path.
 //! - [`client`]: `vmm ctl`.
 //!
 //! The routes are documented in `docs/api.md` and described in `docs/api.yaml` (OpenAPI).
 
 pub mod client;
 pub mod connection;
+pub mod framing;
 pub mod routes;
 pub mod server;
 pub mod socket;
+pub mod socket_lock;
 pub mod types;
 
 use std::io;
@@ -26,9 +30,11 @@ pub use client::{run as run_ctl, ClientError, CtlArgs};
 pub use connection::ServerLimits;
 pub use server::ApiServer;
 
-/// What `GET /vm` shows.
+/// What `GET /vm`, `GET /` and `GET /machine-config` show.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmInfo {
+    /// The instance ID given with `--id`.
+    pub id: String,
     pub vcpus: u8,
     pub memory_bytes: u64,
     /// `"Running"` while the guest runs, `"Stopping"` once a shutdown was requested.
@@ -52,6 +58,16 @@ pub enum ApiError {
     NotASocket(PathBuf),
     #[error("another process is serving the API socket {}; stop it or choose another --api-sock", .0.display())]
     InUse(PathBuf),
+    #[error("another vmm is serving the API socket {} or starting to (it holds {}); stop it or choose another --api-sock", .socket.display(), .lock.display())]
+    Locked { socket: PathBuf, lock: PathBuf },
+    #[error("{} exists and is not a lock file; refusing to use it as the API socket's lock (remove it or choose another --api-sock)", .0.display())]
+    NotALockFile(PathBuf),
+    #[error("cannot take the lock of the API socket {} ({}): {source}", .socket.display(), .lock.display())]
+    Lock {
+        socket: PathBuf,
+        lock: PathBuf,
+        source: io::Error,
+    },
     #[error("API socket path {} is {length} bytes long; a Unix socket path holds at most {max}", .path.display(), max = socket::MAX_SOCKET_PATH)]
     PathTooLong { path: PathBuf, length: usize },
     #[error("cannot create the API socket {}: {source}", .path.display())]

@@ -12,48 +12,48 @@ use crate::size::MIB;
 
 use super::types::{
     Action, ActionType, BalloonBody, BalloonStatsBody, BalloonStatsUpdate, BalloonUpdate,
-    EmptyBody, Fault, HintingStart, HintingStatusBody, VmInfoBody,
+    EmptyBody, Fault, HintingStart, HintingStatusBody, InstanceInfoBody, MachineConfigBody,
+    VmInfoBody,
 };
 use super::VmControl;
 
-/// A path the API serves and the methods it answers there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One method on one path, and the function that answers it.
+#[derive(Debug, Clone, Copy)]
 pub struct Route {
+    pub method: &'static str,
     pub path: &'static str,
-    pub methods: &'static [&'static str],
+    handler: Handler,
 }
 
-/// Every route the API serves.
+/// Answers a request that matched its route: a refusal is an `Err` so that `?` can return
+/// it from the middle of a handler.
+type Handler = fn(&dyn VmControl, RequestBody) -> Answer;
+type Answer = Result<Response, Response>;
+
+/// Every route the API serves, one entry per method and path. Paths and methods not
+/// listed are answered 404 and 405 from this table alone.
 pub const ROUTES: &[Route] = &[
-    Route {
-        path: "/vm",
-        methods: &["GET"],
-    },
-    Route {
-        path: "/balloon",
-        methods: &["GET", "PATCH"],
-    },
-    Route {
-        path: "/balloon/statistics",
-        methods: &["GET", "PATCH"],
-    },
-    Route {
-        path: "/balloon/hinting/start",
-        methods: &["PATCH"],
-    },
-    Route {
-        path: "/balloon/hinting/status",
-        methods: &["GET"],
-    },
-    Route {
-        path: "/balloon/hinting/stop",
-        methods: &["PATCH"],
-    },
-    Route {
-        path: "/actions",
-        methods: &["PUT"],
-    },
+    // Firecracker's read routes, in its shapes.
+    route("GET", "/", get_instance),
+    route("GET", "/machine-config", get_machine_config),
+    route("GET", "/vm", get_vm),
+    route("GET", "/balloon", get_balloon),
+    route("PATCH", "/balloon", patch_balloon),
+    route("GET", "/balloon/statistics", get_balloon_statistics),
+    route("PATCH", "/balloon/statistics", patch_balloon_statistics),
+    route("PATCH", "/balloon/hinting/start", start_hinting),
+    route("GET", "/balloon/hinting/status", get_hinting_status),
+    route("PATCH", "/balloon/hinting/stop", stop_hinting),
+    route("PUT", "/actions", put_action),
 ];
+
+const fn route(method: &'static str, path: &'static str, handler: Handler) -> Route {
+    Route {
+        method,
+        path,
+        handler,
+    }
+}
 
 /// The body of a request as the HTTP layer framed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,83 +119,92 @@ impl Response {
 /// Answers one request. `target` is the request target as sent (a query string is ignored).
 pub fn handle(vm: &dyn VmControl, method: &str, target: &str, body: RequestBody) -> Response {
     let path = target.split_once('?').map_or(target, |(path, _)| path);
-    let Some(route) = ROUTES.iter().find(|route| route.path == path) else {
+    let on_path: Vec<&Route> = ROUTES.iter().filter(|route| route.path == path).collect();
+    if on_path.is_empty() {
         return Response::fault(404, format!("no such route: {path}; {}", route_list()));
-    };
-    if !route.methods.contains(&method) {
-        let allow = route.methods.join(", ");
-        let mut response = Response::fault(
-            405,
-            format!("{path} does not answer {method}; it answers {allow}"),
-        );
-        response.allow = Some(allow);
-        return response;
     }
-    dispatch(vm, method, path, body).unwrap_or_else(|refusal| refusal)
+    match on_path.iter().find(|route| route.method == method) {
+        Some(route) => (route.handler)(vm, body).unwrap_or_else(|refusal| refusal),
+        None => {
+            let methods: Vec<&str> = on_path.iter().map(|route| route.method).collect();
+            let allow = methods.join(", ");
+            let mut response = Response::fault(
+                405,
+                format!("{path} does not answer {method}; it answers {allow}"),
+            );
+            response.allow = Some(allow);
+            response
+        }
+    }
 }
 
 fn route_list() -> String {
     let routes: Vec<String> = ROUTES
         .iter()
-        .flat_map(|route| route.methods.iter().map(|m| format!("{m} {}", route.path)))
+        .map(|route| format!("{} {}", route.method, route.path))
         .collect();
     format!("the API serves {}", routes.join(", "))
 }
 
-type Answer = Result<Response, Response>;
+fn get_instance(vm: &dyn VmControl, _: RequestBody) -> Answer {
+    Ok(Response::json(&InstanceInfoBody::new(&vm.info())))
+}
 
-fn dispatch(vm: &dyn VmControl, method: &str, path: &str, body: RequestBody) -> Answer {
-    match (method, path) {
-        ("GET", "/vm") => Ok(Response::json(&VmInfoBody::new(
-            &vm.info(),
-            vm.balloon().is_some(),
-        ))),
-        ("GET", "/balloon") => Ok(Response::json(&BalloonBody::from(&balloon(vm)?.info()))),
-        ("PATCH", "/balloon") => set_balloon_target(vm, body),
-        ("GET", "/balloon/statistics") => {
-            let statistics = balloon(vm)?.statistics().map_err(balloon_fault)?;
-            Ok(Response::json(&BalloonStatsBody::from(&statistics)))
-        }
-        ("PATCH", "/balloon/statistics") => {
-            let balloon = balloon(vm)?;
-            let update: BalloonStatsUpdate =
-                required_body(body, "PATCH /balloon/statistics", STATS_EXAMPLE)?;
-            balloon
-                .set_stats_interval(update.stats_polling_interval_s)
-                .map_err(balloon_fault)?;
-            Ok(Response::no_content())
-        }
-        ("PATCH", "/balloon/hinting/start") => {
-            let balloon = balloon(vm)?;
-            let start: HintingStart = optional_body(body)?;
-            balloon
-                .start_hinting(start.acknowledge_on_stop)
-                .map_err(balloon_fault)?;
-            Ok(Response::no_content())
-        }
-        ("GET", "/balloon/hinting/status") => {
-            let status = balloon(vm)?.hinting_status().map_err(balloon_fault)?;
-            Ok(Response::json(&HintingStatusBody::from(&status)))
-        }
-        ("PATCH", "/balloon/hinting/stop") => {
-            let balloon = balloon(vm)?;
-            let _: EmptyBody = optional_body(body)?;
-            balloon.stop_hinting().map_err(balloon_fault)?;
-            Ok(Response::no_content())
-        }
-        ("PUT", "/actions") => {
-            let action: Action = required_body(body, "PUT /actions", ACTION_EXAMPLE)?;
-            match action.action_type {
-                ActionType::Shutdown => vm.request_shutdown(),
-            }
-            Ok(Response::no_content())
-        }
-        // ROUTES and this table list the same routes; the tests check every one.
-        _ => Err(Response::fault(
-            500,
-            format!("{method} {path} has no handler"),
-        )),
+fn get_machine_config(vm: &dyn VmControl, _: RequestBody) -> Answer {
+    Ok(Response::json(&MachineConfigBody::from(&vm.info())))
+}
+
+fn get_vm(vm: &dyn VmControl, _: RequestBody) -> Answer {
+    let attached = vm.balloon().is_some();
+    Ok(Response::json(&VmInfoBody::new(&vm.info(), attached)))
+}
+
+fn get_balloon(vm: &dyn VmControl, _: RequestBody) -> Answer {
+    Ok(Response::json(&BalloonBody::from(&balloon(vm)?.info())))
+}
+
+fn get_balloon_statistics(vm: &dyn VmControl, _: RequestBody) -> Answer {
+    let statistics = balloon(vm)?.statistics().map_err(balloon_fault)?;
+    Ok(Response::json(&BalloonStatsBody::from(&statistics)))
+}
+
+fn patch_balloon_statistics(vm: &dyn VmControl, body: RequestBody) -> Answer {
+    let balloon = balloon(vm)?;
+    let update: BalloonStatsUpdate =
+        required_body(body, "PATCH /balloon/statistics", STATS_EXAMPLE)?;
+    balloon
+        .set_stats_interval(update.stats_polling_interval_s)
+        .map_err(balloon_fault)?;
+    Ok(Response::no_content())
+}
+
+fn start_hinting(vm: &dyn VmControl, body: RequestBody) -> Answer {
+    let balloon = balloon(vm)?;
+    let start: HintingStart = optional_body(body)?;
+    balloon
+        .start_hinting(start.acknowledge_on_stop)
+        .map_err(balloon_fault)?;
+    Ok(Response::no_content())
+}
+
+fn get_hinting_status(vm: &dyn VmControl, _: RequestBody) -> Answer {
+    let status = balloon(vm)?.hinting_status().map_err(balloon_fault)?;
+    Ok(Response::json(&HintingStatusBody::from(&status)))
+}
+
+fn stop_hinting(vm: &dyn VmControl, body: RequestBody) -> Answer {
+    let balloon = balloon(vm)?;
+    let _: EmptyBody = optional_body(body)?;
+    balloon.stop_hinting().map_err(balloon_fault)?;
+    Ok(Response::no_content())
+}
+
+fn put_action(vm: &dyn VmControl, body: RequestBody) -> Answer {
+    let action: Action = required_body(body, "PUT /actions", ACTION_EXAMPLE)?;
+    match action.action_type {
+        ActionType::Shutdown => vm.request_shutdown(),
     }
+    Ok(Response::no_content())
 }
 
 const AMOUNT_EXAMPLE: &str = r#"{"amount_mib": 512}"#;
@@ -204,7 +213,7 @@ const ACTION_EXAMPLE: &str = r#"{"action_type": "Shutdown"}"#;
 
 /// The balloon decides which sizes it takes ([`target_pages`]); the route only says which
 /// field its refusal is about.
-fn set_balloon_target(vm: &dyn VmControl, body: RequestBody) -> Answer {
+fn patch_balloon(vm: &dyn VmControl, body: RequestBody) -> Answer {
     let balloon = balloon(vm)?;
     let update: BalloonUpdate = required_body(body, "PATCH /balloon", AMOUNT_EXAMPLE)?;
     let requested = u64::from(update.amount_mib) * MIB;

@@ -1,39 +1,55 @@
-//! The socket file of the API: created with mode 0600, replacing only a socket that a dead
-//! vmm left behind, and removed again when the server stops.
+//! The socket file of the API: created with mode 0600 from its first moment, replacing
+//! only a socket that a dead vmm left behind, and removed again when the server stops.
+//!
+//! - **Mode.** Linux creates the file of a Unix socket with the mode of the socket's own
+//!   inode, less the umask (`unix_bind` in `net/unix/af_unix.c`). A new socket's inode
+//!   has mode 0777, so `bind` alone leaves the umask in charge until a later `chmod`; the
+//!   socket is therefore given mode 0600 (`fchmod`) before it is bound. No other user can
+//!   connect at any moment, whatever the umask and however long the path.
+//! - **Two vmm on one path.** Everything below happens while holding the path's lock
+//!   ([`SocketLock`]): finding a stale socket, removing it, binding, and removing the
+//!   socket on exit. A second vmm is refused at once, so it can neither remove a live
+//!   socket it took for stale nor remove the first one's socket when it exits.
+//! - **Removal.** The socket is removed only if the file at the path is still the one
+//!   bound; something else put there meanwhile is left alone.
 
-use std::fs::{self, DirBuilder, Permissions};
+use std::fs::{self, Permissions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::socket_lock::SocketLock;
 use super::ApiError;
 
 /// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
+/// Connections the kernel queues before the server accepts them.
+const BACKLOG: i32 = 128;
 
-/// A socket file this server created. Dropping it removes the file, unless the path now
-/// names some other file (someone replaced it), which is left alone.
+/// A socket file this server created, and the lock of its path. Dropping it removes the
+/// file, unless the path now names some other file (someone replaced it), which is left
+/// alone; then it releases the lock.
 #[derive(Debug)]
 pub struct SocketFile {
     path: PathBuf,
     device: u64,
     inode: u64,
+    // Dropped after `Drop::drop` has removed the socket.
+    lock: SocketLock,
 }
 
 impl SocketFile {
-    /// The socket file that is, or is about to be, at `path`: the file now at `current`.
-    fn of(path: &Path, current: &Path) -> io::Result<SocketFile> {
-        let meta = fs::symlink_metadata(current)?;
-        Ok(SocketFile {
-            path: path.to_path_buf(),
-            device: meta.dev(),
-            inode: meta.ino(),
-        })
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The lock file held while the socket exists.
+    pub fn lock_path(&self) -> &Path {
+        self.lock.path()
     }
 }
 
@@ -47,11 +63,7 @@ impl Drop for SocketFile {
     }
 }
 
-/// Creates the listening socket at `path` with mode 0600.
-///
-/// The socket is bound inside a fresh private directory (mode 0700), given mode 0600 there
-/// and only then linked to `path`, so no other user can ever connect to it, whatever the
-/// umask, and an existing file at `path` is never overwritten.
+/// Creates the listening socket at `path`, mode 0600, holding the path's lock.
 pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ApiError> {
     let length = path.as_os_str().len();
     if length > MAX_SOCKET_PATH {
@@ -60,74 +72,37 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ApiError> {
             length,
         });
     }
+    let lock = SocketLock::acquire(path)?;
     remove_stale_socket(path)?;
     let failed = |source: io::Error| ApiError::Socket {
         path: path.to_path_buf(),
         source,
     };
-
-    match StagingDir::create(parent_of(path)) {
-        Ok(staging) if staging.socket_path().as_os_str().len() <= MAX_SOCKET_PATH => {
-            let staged = staging.socket_path();
-            let listener = UnixListener::bind(&staged).map_err(failed)?;
-            fs::set_permissions(&staged, Permissions::from_mode(0o600)).map_err(failed)?;
-            // Linking and renaming keep the inode, so the file is known before it is at
-            // `path`; should linking fail, whatever is at `path` is not ours to remove.
-            let file = SocketFile::of(path, &staged).map_err(failed)?;
-            match fs::hard_link(&staged, path) {
-                Ok(()) => {}
-                // A file system without hard links: move it there, still never replacing.
-                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                    rename_no_replace(&staged, path).map_err(failed)?
-                }
-                Err(e) => return Err(failed(e)),
-            }
-            Ok((listener, file))
-        }
-        // No staging directory (or its path is too long for a socket): bind in place and
-        // restrict the mode straight after. Between the two the umask alone guards it.
-        _ => {
-            let listener = UnixListener::bind(path).map_err(failed)?;
-            // From here on a failure removes the socket file again.
-            let file = SocketFile::of(path, path).map_err(failed)?;
-            fs::set_permissions(path, Permissions::from_mode(0o600)).map_err(failed)?;
-            Ok((listener, file))
-        }
-    }
+    let listener = bind_owner_only(path).map_err(failed)?;
+    let meta = fs::symlink_metadata(path).map_err(failed)?;
+    // From here on a failure removes the socket file again.
+    let file = SocketFile {
+        path: path.to_path_buf(),
+        device: meta.dev(),
+        inode: meta.ino(),
+        lock,
+    };
+    // The umask may have taken the owner's bits too (a umask of 0277 leaves 0400, and
+    // connecting needs write permission); this gives them back and nothing else.
+    fs::set_permissions(path, Permissions::from_mode(0o600)).map_err(failed)?;
+    Ok((listener, file))
 }
 
-/// Renames `from` to `to` unless `to` exists, atomically.
-fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-    };
-    let (from, to) = (c_path(from)?, c_path(to)?);
-    // SAFETY: both paths are valid NUL-terminated strings that outlive the call, and
-    // renameat2 only reads them.
-    let result = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+/// A socket listening at `path` whose file is created with mode 0600 or stricter.
+fn bind_owner_only(path: &Path) -> io::Result<UnixListener> {
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    // SAFETY: fchmod on a descriptor the socket owns; it changes only the inode's mode.
+    if unsafe { libc::fchmod(socket.as_raw_fd(), 0o600) } != 0 {
+        return Err(io::Error::last_os_error());
     }
-}
-
-fn parent_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    }
+    socket.bind(&SockAddr::unix(path)?)?;
+    socket.listen(BACKLOG)?;
+    Ok(UnixListener::from(OwnedFd::from(socket)))
 }
 
 /// Removes a socket that nobody listens on any more; refuses anything else.
@@ -144,6 +119,8 @@ fn remove_stale_socket(path: &Path) -> Result<(), ApiError> {
     if !meta.file_type().is_socket() {
         return Err(ApiError::NotASocket(path.to_path_buf()));
     }
+    // A listener that does not take the lock (another program, or a vmm from before the
+    // lock) still keeps its socket.
     match UnixStream::connect(path) {
         Ok(_) => Err(ApiError::InUse(path.to_path_buf())),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => match fs::remove_file(path) {
@@ -155,36 +132,84 @@ fn remove_stale_socket(path: &Path) -> Result<(), ApiError> {
     }
 }
 
-/// A directory only this user can enter, next to the final socket path (so that linking
-/// from it stays on one file system). Removed with whatever is left in it on drop.
-struct StagingDir {
-    path: PathBuf,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+    use vmm_sys_util::tempdir::TempDir;
 
-impl StagingDir {
-    const SOCKET_NAME: &'static str = "s";
+    const ALONE: &str = "VMM_SOCKET_TEST_ALONE";
 
-    fn create(parent: &Path) -> io::Result<StagingDir> {
-        let pid = std::process::id();
-        let mut attempt = 0u32;
-        loop {
-            let path = parent.join(format!(".vmm-api.{pid}.{attempt}"));
-            match DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(StagingDir { path }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
-                Err(e) => return Err(e),
-            }
+    /// The umask belongs to the whole process, and other tests may run beside this one
+    /// (`cargo test` runs them on threads); so a test that changes it runs again, alone, in
+    /// a process of its own. Returns true in that process, false in the parent once the
+    /// child has passed.
+    fn runs_alone(test: &str) -> bool {
+        if std::env::var_os(ALONE).is_some() {
+            return true;
+        }
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &format!("api::socket::tests::{test}")])
+            .args(["--test-threads", "1", "--nocapture"])
+            .env(ALONE, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "{test}, run alone: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        false
+    }
+
+    /// Sets the umask for as long as it lives.
+    struct Umask(libc::mode_t);
+
+    impl Umask {
+        fn set(mask: libc::mode_t) -> Umask {
+            // SAFETY: umask only swaps the process's file creation mask.
+            Umask(unsafe { libc::umask(mask) })
         }
     }
 
-    fn socket_path(&self) -> PathBuf {
-        self.path.join(Self::SOCKET_NAME)
+    impl Drop for Umask {
+        fn drop(&mut self) {
+            // SAFETY: as above, putting back the mask that was there.
+            unsafe { libc::umask(self.0) };
+        }
     }
-}
 
-impl Drop for StagingDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(self.socket_path());
-        let _ = fs::remove_dir(&self.path);
+    #[test]
+    fn the_socket_file_is_born_owner_only_whatever_the_umask() {
+        if !runs_alone("the_socket_file_is_born_owner_only_whatever_the_umask") {
+            return;
+        }
+        let dir = TempDir::new().unwrap();
+        // As long as a socket path may be, so no shorter path could be used to bind it.
+        let name_length = MAX_SOCKET_PATH - dir.as_path().as_os_str().len() - 1;
+        let path = dir.as_path().join("s".repeat(name_length));
+        assert_eq!(path.as_os_str().len(), MAX_SOCKET_PATH);
+        let _umask = Umask::set(0);
+        // Only the bind: the file as it is before anything else touches it.
+        let _listener = bind_owner_only(&path).unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_umask_that_takes_the_owners_bits_still_leaves_a_usable_socket() {
+        if !runs_alone("a_umask_that_takes_the_owners_bits_still_leaves_a_usable_socket") {
+            return;
+        }
+        let dir = TempDir::new().unwrap();
+        let path = dir.as_path().join("api.sock");
+        let _umask = Umask::set(0o277);
+        let (listener, _file) = bind(&path).unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        let _client = UnixStream::connect(&path).unwrap();
+        listener.accept().unwrap();
     }
 }

@@ -29,9 +29,54 @@ pub struct Fault {
     pub fault_message: String,
 }
 
+/// `GET /`: the instance, in the shape of Firecracker's `InstanceInfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfoBody {
+    /// The instance ID (`--id`).
+    pub id: String,
+    /// `Running`, or `Stopping` once a shutdown was requested.
+    pub state: String,
+    pub vmm_version: String,
+    pub app_name: String,
+}
+
+impl InstanceInfoBody {
+    /// The name `GET /` gives this VMM.
+    pub const APP_NAME: &'static str = "vmm";
+
+    pub fn new(info: &VmInfo) -> Self {
+        InstanceInfoBody {
+            id: info.id.clone(),
+            state: info.state.to_string(),
+            vmm_version: env!("CARGO_PKG_VERSION").to_string(),
+            app_name: Self::APP_NAME.to_string(),
+        }
+    }
+}
+
+/// `GET /machine-config`, in the shape of Firecracker's `MachineConfiguration` (its two
+/// required fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineConfigBody {
+    pub vcpu_count: u8,
+    /// Guest memory in MiB, rounded down.
+    pub mem_size_mib: u64,
+}
+
+impl From<&VmInfo> for MachineConfigBody {
+    fn from(info: &VmInfo) -> Self {
+        MachineConfigBody {
+            vcpu_count: info.vcpus,
+            mem_size_mib: info.memory_bytes / MIB,
+        }
+    }
+}
+
 /// `GET /vm`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmInfoBody {
+    /// The instance ID (`--id`).
+    pub id: String,
     pub vcpus: u8,
     /// Guest memory in MiB, rounded down.
     pub memory_mib: u64,
@@ -45,6 +90,7 @@ pub struct VmInfoBody {
 impl VmInfoBody {
     pub fn new(info: &VmInfo, balloon_attached: bool) -> Self {
         VmInfoBody {
+            id: info.id.clone(),
             vcpus: info.vcpus,
             memory_mib: info.memory_bytes / MIB,
             state: info.state.to_string(),

@@ -424,6 +424,7 @@ struct BalloonOnlyVm(Arc<crate::devices::virtio::balloon::BalloonHandle>);
 impl crate::api::VmControl for BalloonOnlyVm {
     fn info(&self) -> crate::api::VmInfo {
         crate::api::VmInfo {
+            id: "seccomp-test".to_string(),
             vcpus: 1,
             memory_bytes: 64 << 20,
             state: "Running",

@@ -1,16 +1,19 @@
 //! Connections: keep-alive, pipelining, many and slow clients, and the server's limits.
 
 use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use vmm::api::connection::Connection;
 use vmm::api::ServerLimits;
+use vmm_sys_util::epoll::EventSet;
 
 use crate::common::http::{connect, exchange, http, read_answer, server_closed};
 use crate::common::PAGES_PER_MIB;
 use crate::harness::Harness;
-use crate::model::all_features;
+use crate::model::{all_features, ModelBalloon, ModelVm};
 
 #[test]
 fn keep_alive_serves_several_requests_on_one_connection() {
@@ -167,6 +170,58 @@ fn a_half_sent_request_does_not_hold_up_others_and_completes_later() {
     assert_eq!(
         h.balloon().changes(),
         ["set_target_pages(256)", "set_target_pages(65536)"]
+    );
+}
+
+/// Sends `request` to a connection one byte at a time, waking it after each byte as the
+/// server's loop would; returns the work its framing did and the answer's status.
+fn trickle(request: &str) -> (u64, u16) {
+    let balloon = Arc::new(ModelBalloon::new(all_features()));
+    let vm = ModelVm::new(Some(balloon.clone()));
+    let limits = ServerLimits::default();
+    let (mut client, server) = UnixStream::pair().unwrap();
+    server.set_nonblocking(true).unwrap();
+    let mut connection = Connection::new(server, Instant::now());
+    for byte in request.as_bytes() {
+        client.write_all(&[*byte]).unwrap();
+        assert!(connection.on_ready(EventSet::IN, &vm, &limits, Instant::now()));
+    }
+    let answer = read_answer(&mut client, &mut Vec::new());
+    assert_eq!(balloon.changes(), ["set_target_pages(131072)"]);
+    (connection.bytes_examined(), answer.status)
+}
+
+/// A request that arrives one byte at a time is not framed again from its start on
+/// every byte: the work grows with its length, not with the square of it.
+#[test]
+fn a_trickled_request_costs_work_linear_in_its_length() {
+    let request = |padding: usize| {
+        let body = r#"{"amount_mib": 512}"#;
+        format!(
+            "PATCH /balloon HTTP/1.1\r\nHost: localhost\r\nX-Padding: {}\r\nContent-Length: {}\r\n\r\n{body}",
+            "p".repeat(padding),
+            body.len()
+        )
+    };
+    let (short, long) = (request(200), request(6000));
+    let (short_work, status) = trickle(&short);
+    assert_eq!(status, 204);
+    let (long_work, status) = trickle(&long);
+    assert_eq!(status, 204);
+    // Each byte is looked at no more than three times: the scan for the end of the head,
+    // the request line, the whole head once.
+    assert!(
+        long_work <= 3 * long.len() as u64,
+        "{long_work} for {} bytes",
+        long.len()
+    );
+    // 23 times the bytes take about 23 times the work; re-framing on every byte would
+    // take about 500 times.
+    let bytes_ratio = long.len() as f64 / short.len() as f64;
+    let work_ratio = long_work as f64 / short_work as f64;
+    assert!(
+        work_ratio < 1.5 * bytes_ratio,
+        "work grew {work_ratio:.1} times for {bytes_ratio:.1} times the bytes"
     );
 }
 

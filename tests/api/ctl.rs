@@ -2,19 +2,22 @@
 //! refusals and broken servers.
 
 use std::io::Write;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 use clap::Parser;
 use serde_json::Value;
+use socket2::{Domain, SockAddr, Socket, Type};
 
+use vmm::api::client::{exit_status, API_SOCK_ENV};
 use vmm::api::{run_ctl, ClientError, CtlArgs};
 use vmm::devices::virtio::balloon::BalloonFeatures;
 
 use crate::common::http::read_some;
-use crate::common::PAGES_PER_MIB;
+use crate::common::{vmm_bin, PAGES_PER_MIB};
 use crate::harness::{test_dir, Harness};
 use crate::model::{all_features, every_stat};
 
@@ -191,12 +194,16 @@ fn ctl_reports_refusals_with_the_vmm_message() {
     let (result, _) = ctl(&h.socket, &["balloon", "stats"]);
     assert!(result.unwrap_err().to_string().contains("--balloon stats"));
 
-    let (result, _) = ctl(&h.socket, &["balloon", "set", "1000K"]);
-    let err = result.unwrap_err();
-    assert!(matches!(err, ClientError::NotWholeMib(_)));
-    assert!(err.to_string().contains("whole number of MiB"));
-    let (result, _) = ctl(&h.socket, &["balloon", "set", "lots"]);
-    assert!(matches!(result, Err(ClientError::Size(_))));
+    // Sizes the client cannot send are refused before anything is sent.
+    for (size, words) in [
+        ("1000K", "whole number of MiB"),
+        ("lots", "\"lots\""),
+        ("512", "did you mean 512M?"),
+    ] {
+        let argv = ["vmm-ctl", "--api-sock", "x", "balloon", "set", size];
+        let err = Cli::try_parse_from(argv).err().unwrap();
+        assert!(err.to_string().contains(words), "{size}: {err}");
+    }
     assert!(h.balloon().changes().is_empty());
 
     let bare = Harness::new(None);
@@ -313,4 +320,167 @@ fn ctl_watch_shows_statistics_until_stopped() {
         "0"
     ])
     .is_err());
+}
+
+#[test]
+fn ctl_takes_the_socket_anywhere_on_the_line() {
+    let h = Harness::new(Some(all_features()));
+    let socket = h.socket.to_str().unwrap();
+    for argv in [
+        &["vmm-ctl", "--api-sock", socket, "balloon", "set", "64M"][..],
+        &["vmm-ctl", "balloon", "--api-sock", socket, "set", "64M"],
+        &["vmm-ctl", "balloon", "set", "64M", "--api-sock", socket],
+        &["vmm-ctl", "balloon", "set", "--api-sock", socket, "64M"],
+    ] {
+        let cli = Cli::try_parse_from(argv).unwrap();
+        assert_eq!(cli.ctl.api_sock.as_deref(), Some(h.socket.as_path()));
+        run_ctl(&cli.ctl, &mut Vec::new()).unwrap();
+    }
+    assert_eq!(h.balloon().changes().len(), 4);
+}
+
+/// Runs the `vmm ctl` binary with `args`, and `VMM_API_SOCK` set to `env_socket` or unset.
+/// Every invocation ends by itself: ctl gives up after its own `--timeout`.
+fn ctl_binary(args: &[&str], env_socket: Option<&Path>) -> Output {
+    let mut command = Command::new(vmm_bin());
+    command
+        .arg("ctl")
+        .args(args)
+        .env_remove(API_SOCK_ENV)
+        .stdin(Stdio::null());
+    if let Some(socket) = env_socket {
+        command.env(API_SOCK_ENV, socket);
+    }
+    command.output().unwrap()
+}
+
+/// Checks the exit status of `vmm ctl ARGS` and that it said why in one line on stderr
+/// containing `words`; returns its stdout.
+fn expect_status(args: &[&str], env_socket: Option<&Path>, status: u8, words: &str) -> String {
+    let out = ctl_binary(args, env_socket);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(status)),
+        "vmm ctl {args:?}: {stderr}"
+    );
+    if status != exit_status::OK {
+        assert_eq!(stderr.lines().count(), 1, "vmm ctl {args:?}: {stderr}");
+        assert!(stderr.contains(words), "vmm ctl {args:?}: {stderr}");
+    }
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn ctl_exit_statuses_tell_a_refusal_from_a_missing_vmm() {
+    let h = Harness::new(Some(BalloonFeatures {
+        stats: false,
+        ..all_features()
+    }));
+    let sock = h.socket.to_str().unwrap();
+    let out = expect_status(&["vm", "info", "--api-sock", sock], None, 0, "");
+    assert!(out.contains("id:                   model-vm-1\n"), "{out}");
+
+    // The VMM said no: 1, with its reason.
+    #[rustfmt::skip]
+    let refused: &[(&[&str], &str)] = &[
+        (&["balloon", "set", "4G"], "larger than guest memory"),
+        (&["balloon", "stats"], "--balloon stats"),
+    ];
+    for (args, words) in refused {
+        let args = [*args, &["--api-sock", sock][..]].concat();
+        expect_status(&args, None, exit_status::FAILED, words);
+    }
+    let bare = Harness::new(None);
+    let args = [
+        "--api-sock",
+        bare.socket.to_str().unwrap(),
+        "balloon",
+        "get",
+    ];
+    expect_status(&args, None, exit_status::FAILED, "HTTP 409");
+
+    // The command line is wrong: 2, and nothing is sent.
+    let args = ["balloon", "set", "512", "--api-sock", sock];
+    expect_status(&args, None, exit_status::USAGE, "did you mean 512M?");
+    expect_status(&["vm", "info"], None, exit_status::USAGE, API_SOCK_ENV);
+    assert!(h.balloon().changes().is_empty());
+
+    // No VMM to ask: 69.
+    let dir = test_dir();
+    let missing = dir.as_path().join("missing.sock");
+    let missing = missing.to_str().unwrap();
+    let args = ["vm", "info", "--api-sock", missing];
+    expect_status(&args, None, exit_status::UNREACHABLE, "no API socket at");
+    let stale = dir.as_path().join("stale.sock");
+    drop(UnixListener::bind(&stale).unwrap());
+    let args = ["--api-sock", stale.to_str().unwrap(), "vm", "info"];
+    expect_status(
+        &args,
+        None,
+        exit_status::UNREACHABLE,
+        "nothing is listening",
+    );
+    let stuck = dir.as_path().join("stuck.sock");
+    let _stuck = UnixListener::bind(&stuck).unwrap();
+    let args = [
+        "--timeout",
+        "1",
+        "--api-sock",
+        stuck.to_str().unwrap(),
+        "vm",
+        "info",
+    ];
+    expect_status(
+        &args,
+        None,
+        exit_status::UNREACHABLE,
+        "did not answer within 1 second",
+    );
+}
+
+#[test]
+fn ctl_reads_the_socket_from_the_environment_and_the_flag_wins() {
+    let h = Harness::new(Some(all_features()));
+    let out = expect_status(&["balloon", "set", "8M"], Some(&h.socket), 0, "");
+    assert_eq!(out, "balloon target set to 8 MiB\n");
+    let dir = test_dir();
+    let elsewhere = dir.as_path().join("elsewhere.sock");
+    let args = [
+        "balloon",
+        "set",
+        "16M",
+        "--api-sock",
+        h.socket.to_str().unwrap(),
+    ];
+    expect_status(&args, Some(&elsewhere), 0, "");
+    expect_status(
+        &["vm", "info"],
+        Some(&elsewhere),
+        exit_status::UNREACHABLE,
+        "elsewhere.sock",
+    );
+    assert_eq!(
+        h.balloon().changes(),
+        ["set_target_pages(2048)", "set_target_pages(4096)"]
+    );
+}
+
+/// A VMM whose queue of waiting connections is full is reported at once, not waited for.
+#[test]
+fn ctl_does_not_wait_for_a_vmm_that_takes_no_connections() {
+    let dir = test_dir();
+    let path = dir.as_path().join("full.sock");
+    let listener = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+    listener.bind(&SockAddr::unix(&path).unwrap()).unwrap();
+    // A backlog of 0 holds one waiting connection; this one fills it.
+    listener.listen(0).unwrap();
+    let _waiting = UnixStream::connect(&path).unwrap();
+    let args = ["--api-sock", path.to_str().unwrap(), "vm", "info"];
+    expect_status(
+        &args,
+        None,
+        exit_status::UNREACHABLE,
+        "not taking connections",
+    );
 }

@@ -14,6 +14,8 @@ use vmm::devices::virtio::balloon::{
 };
 use vmm::size::{GIB, MIB, PAGE_SIZE};
 
+/// The model VM's instance ID.
+pub const MODEL_ID: &str = "model-vm-1";
 /// The model VM's memory, and so the largest balloon.
 pub const GUEST_MEMORY: u64 = 2 * GIB;
 
@@ -184,6 +186,7 @@ impl VmControl for ModelVm {
     fn info(&self) -> VmInfo {
         let stopping = self.shutdowns.load(Ordering::SeqCst) > 0;
         VmInfo {
+            id: MODEL_ID.to_string(),
             vcpus: 2,
             memory_bytes: GUEST_MEMORY,
             state: if stopping { "Stopping" } else { "Running" },

@@ -7,7 +7,7 @@ use vmm::size::GIB;
 use crate::common::http::{exchange, keys};
 use crate::common::PAGES_PER_MIB;
 use crate::harness::Harness;
-use crate::model::{all_features, every_stat, GUEST_MEMORY};
+use crate::model::{all_features, every_stat, GUEST_MEMORY, MODEL_ID};
 
 #[test]
 fn get_vm_reports_the_vm_and_whether_a_balloon_is_attached() {
@@ -17,14 +17,42 @@ fn get_vm_reports_the_vm_and_whether_a_balloon_is_attached() {
     assert_eq!(answer.header("content-type"), Some("application/json"));
     assert_eq!(
         answer.json(),
-        json!({"vcpus": 2, "memory_mib": 2048, "state": "Running", "uptime_ms": 12345,
-               "balloon_attached": true})
+        json!({"id": MODEL_ID, "vcpus": 2, "memory_mib": 2048, "state": "Running",
+               "uptime_ms": 12345, "balloon_attached": true})
     );
     let bare = Harness::new(None);
     assert_eq!(
         bare.request("GET", "/vm", None).json()["balloon_attached"],
         json!(false)
     );
+}
+
+/// `GET /` and `GET /machine-config` answer in Firecracker's shapes (`InstanceInfo`,
+/// `MachineConfiguration`), whether or not a balloon is attached.
+#[test]
+fn firecrackers_read_routes_answer_in_its_shapes() {
+    for features in [Some(all_features()), None] {
+        let h = Harness::new(features);
+        let answer = h.request("GET", "/", None);
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("content-type"), Some("application/json"));
+        assert_eq!(
+            answer.json(),
+            json!({"id": MODEL_ID, "state": "Running",
+                   "vmm_version": env!("CARGO_PKG_VERSION"), "app_name": "vmm"})
+        );
+        let answer = h.request("GET", "/machine-config", None);
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            answer.json(),
+            json!({"vcpu_count": 2, "mem_size_mib": GUEST_MEMORY / (1 << 20)})
+        );
+    }
+    // The state follows the VM, as GET /vm's does.
+    let h = Harness::new(None);
+    let answer = h.request("PUT", "/actions", Some(r#"{"action_type": "Shutdown"}"#));
+    assert_eq!(answer.status, 204);
+    assert_eq!(h.request("GET", "/", None).json()["state"], "Stopping");
 }
 
 #[test]
