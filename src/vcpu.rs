@@ -6,6 +6,9 @@
 //! Stopping: the VMM sets the [`Lifecycle`] flag and kicks each vCPU thread with a signal
 //! ([`kick_signal`]); `KVM_RUN` returns `EINTR` and the thread sees the flag.
 //!
+//! Pausing: each vCPU passes a [`PauseGate`] before every `KVM_RUN` and parks there while
+//! the VM is paused ([`pause`]).
+//!
 //! Halt detection: with an in-kernel irqchip, a guest that halts (`halt -f`) leaves its
 //! vCPUs blocked inside KVM forever. The VMM periodically asks each vCPU (a kick with
 //! [`VcpuShared::request_halt_probe`]) whether it sits in HLT with interrupts disabled;
@@ -25,6 +28,10 @@ use crate::arch::x86_64::{boot::LoadedKernel, cpuid, regs};
 use crate::devices::bus::Bus;
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::memory::GuestMemoryMmap;
+
+pub mod pause;
+
+pub use pause::PauseGate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -114,6 +121,7 @@ pub struct Vcpu {
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
     lifecycle: Arc<Lifecycle>,
+    pause_gate: Arc<PauseGate>,
     shared: Arc<VcpuShared>,
 }
 
@@ -154,6 +162,7 @@ pub struct VcpuSetup<'a> {
     pub io_bus: Arc<Bus>,
     pub mmio_bus: Arc<Bus>,
     pub lifecycle: Arc<Lifecycle>,
+    pub pause_gate: Arc<PauseGate>,
 }
 
 impl Vcpu {
@@ -212,6 +221,7 @@ impl Vcpu {
             io_bus: setup.io_bus.clone(),
             mmio_bus: setup.mmio_bus.clone(),
             lifecycle: setup.lifecycle.clone(),
+            pause_gate: setup.pause_gate.clone(),
             shared: Arc::new(VcpuShared::default()),
         })
     }
@@ -232,7 +242,15 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        let _membership = self.pause_gate.join(self.index);
         while !self.lifecycle.is_stopping() {
+            if self.pause_gate.is_paused() {
+                self.pause_gate.wait_while_paused(|| {
+                    // Fails when the guest has not set up kvmclock: nothing to tell then.
+                    let _ = self.fd.kvmclock_ctrl();
+                });
+                continue;
+            }
             let outcome = match self.fd.run() {
                 Ok(exit) => handle_exit(self.index, exit, &self.io_bus, &self.mmio_bus),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {

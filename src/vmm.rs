@@ -13,7 +13,7 @@ use event_manager::SubscriberOps;
 use kvm_ioctls::{Kvm, VmFd};
 
 use crate::api::{ApiError, ApiServer};
-use crate::builder::{self, BuildError, EventLoop};
+use crate::builder::{self, BuildError, EventLoop, LegacyDevices};
 use crate::config::{self, ConfigError, VmConfig};
 use crate::controller::VmController;
 use crate::devices::bus::Bus;
@@ -21,7 +21,7 @@ use crate::devices::virtio::balloon::{BalloonControl, BalloonHandle};
 use crate::lifecycle::stop_watcher::{stop_vcpus, StopWatcher};
 use crate::lifecycle::{signals, Lifecycle, SetupError, StopReason};
 use crate::memory::GuestMemoryMmap;
-use crate::vcpu::{Vcpu, VcpuError, VcpuSetup};
+use crate::vcpu::{PauseGate, Vcpu, VcpuError, VcpuSetup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -48,8 +48,10 @@ pub struct Vm {
     _vm_fd: VmFd,
     mem: GuestMemoryMmap,
     lifecycle: Arc<Lifecycle>,
+    pause_gate: Arc<PauseGate>,
     vcpus: Vec<Vcpu>,
     event_loop: EventLoop,
+    legacy: LegacyDevices,
     balloon: Option<BalloonHandle>,
 }
 
@@ -65,7 +67,8 @@ impl Vm {
         let mut io_bus = Bus::new();
         let mut mmio_bus = Bus::new();
         let mut event_loop = builder::create_event_loop()?;
-        builder::attach_legacy_devices(&vm_fd, &mut io_bus, &mut event_loop, &lifecycle)?;
+        let legacy =
+            builder::attach_legacy_devices(&vm_fd, &mut io_bus, &mut event_loop, &lifecycle)?;
         // Virtio devices, one virtio-mmio slot each.
         let mut mmio_devices = Vec::new();
         let balloon = match config.balloon {
@@ -82,6 +85,7 @@ impl Vm {
 
         let kernel = builder::configure_boot(&mem, &config, &mmio_devices)?;
         let supported_cpuid = builder::supported_cpuid(&kvm)?;
+        let pause_gate = Arc::new(PauseGate::new());
         let vcpus = builder::create_vcpus(&VcpuSetup {
             vm: &vm_fd,
             mem: &mem,
@@ -91,6 +95,7 @@ impl Vm {
             io_bus: Arc::new(io_bus),
             mmio_bus: Arc::new(mmio_bus),
             lifecycle: lifecycle.clone(),
+            pause_gate: pause_gate.clone(),
         })?;
 
         Ok(Vm {
@@ -99,8 +104,10 @@ impl Vm {
             _vm_fd: vm_fd,
             mem,
             lifecycle,
+            pause_gate,
             vcpus,
             event_loop,
+            legacy,
             balloon,
         })
     }
@@ -126,6 +133,8 @@ impl Vm {
             self.config.vcpus,
             self.config.mem_size,
             self.lifecycle(),
+            self.pause_gate.clone(),
+            self.legacy.i8042.clone(),
             self.balloon()
                 .map(|b| Arc::new(b.clone()) as Arc<dyn BalloonControl>),
         )
@@ -142,6 +151,7 @@ impl Vm {
             Err(e) => {
                 self.lifecycle
                     .request_stop(StopReason::Error(e.to_string()));
+                self.pause_gate.release();
                 return Err(e.into());
             }
         };
@@ -160,6 +170,8 @@ impl Vm {
                 }
             }
         }
+        // vCPUs parked by a pause leave the gate and then their loop.
+        self.pause_gate.release();
         stop_vcpus(handles);
         match loop_error {
             Some(e) => Err(e),

@@ -12,9 +12,9 @@ use crate::size::MIB;
 
 use super::types::{
     Action, ActionType, BalloonBody, BalloonStatsBody, BalloonStatsUpdate, BalloonUpdate,
-    EmptyBody, Fault, HintingStart, HintingStatusBody, VmInfoBody,
+    EmptyBody, Fault, HintingStart, HintingStatusBody, VmInfoBody, VmStateChange, VmUpdate,
 };
-use super::VmControl;
+use super::{VmControl, VmRequestError};
 
 /// A path the API serves and the methods it answers there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub struct Route {
 pub const ROUTES: &[Route] = &[
     Route {
         path: "/vm",
-        methods: &["GET"],
+        methods: &["GET", "PATCH"],
     },
     Route {
         path: "/balloon",
@@ -150,6 +150,15 @@ fn dispatch(vm: &dyn VmControl, method: &str, path: &str, body: RequestBody) -> 
             &vm.info(),
             vm.balloon().is_some(),
         ))),
+        ("PATCH", "/vm") => {
+            let update: VmUpdate = required_body(body, "PATCH /vm", VM_STATE_EXAMPLE)?;
+            match update.state {
+                VmStateChange::Paused => vm.pause(),
+                VmStateChange::Resumed => vm.resume(),
+            }
+            .map_err(vm_fault)?;
+            Ok(Response::no_content())
+        }
         ("GET", "/balloon") => Ok(Response::json(&BalloonBody::from(&balloon(vm)?.info()))),
         ("PATCH", "/balloon") => set_balloon_target(vm, body),
         ("GET", "/balloon/statistics") => {
@@ -187,6 +196,7 @@ fn dispatch(vm: &dyn VmControl, method: &str, path: &str, body: RequestBody) -> 
             let action: Action = required_body(body, "PUT /actions", ACTION_EXAMPLE)?;
             match action.action_type {
                 ActionType::Shutdown => vm.request_shutdown(),
+                ActionType::SendCtrlAltDel => vm.send_ctrl_alt_del().map_err(vm_fault)?,
             }
             Ok(Response::no_content())
         }
@@ -198,6 +208,7 @@ fn dispatch(vm: &dyn VmControl, method: &str, path: &str, body: RequestBody) -> 
     }
 }
 
+const VM_STATE_EXAMPLE: &str = r#"{"state": "Paused"}"#;
 const AMOUNT_EXAMPLE: &str = r#"{"amount_mib": 512}"#;
 const STATS_EXAMPLE: &str = r#"{"stats_polling_interval_s": 5}"#;
 const ACTION_EXAMPLE: &str = r#"{"action_type": "Shutdown"}"#;
@@ -221,6 +232,13 @@ fn balloon(vm: &dyn VmControl) -> Result<std::sync::Arc<dyn BalloonControl>, Res
             "no balloon is attached to this VM; start vmm with --balloon",
         )
     })
+}
+
+fn vm_fault(error: VmRequestError) -> Response {
+    match error {
+        VmRequestError::Conflict(message) => Response::fault(409, message),
+        VmRequestError::Failed(message) => Response::fault(500, message),
+    }
 }
 
 /// Every balloon error is a request the device cannot carry out as asked.
