@@ -3,11 +3,13 @@
 #
 #   $CACHE_DIR/vmlinuz                  the bzImage booted as the guest (and as L1 when nested)
 #   $CACHE_DIR/modules/*.ko             the modules below and their dependencies, uncompressed
-#   $CACHE_DIR/modules/guest.order      guest modules (virtio-mmio, balloon) in load order
+#   $CACHE_DIR/modules/guest.order      guest modules (virtio-mmio, balloon, pvpanic) in load order
 #   $CACHE_DIR/modules/l1.order         L1 modules (kvm, kvm-amd) in load order
+#   $CACHE_DIR/modules/wanted           the module lists below, to notice when they change
 #   $CACHE_DIR/kernel.pkg               the package they came from
 #
-# Idempotent: does nothing when the cache already holds the package apt resolves to.
+# Idempotent: does nothing when the cache already holds the package apt resolves to, with
+# the modules asked for here.
 # Environment: VMM_CACHE_DIR (default $REPO/.cache/guest), VMM_GUEST_KERNEL_PKG (a
 # linux-image-* package name to use instead of the one linux-image-cloud-amd64 depends on).
 set -euo pipefail
@@ -17,7 +19,8 @@ source "$(dirname "$0")/lib.sh"
 META_PKG=linux-image-cloud-amd64
 # Used when apt cannot resolve the meta package (no package lists yet, say).
 PINNED_PKG=linux-image-6.1.0-56-cloud-amd64
-GUEST_MODULES=(virtio_ring virtio virtio_mmio virtio_balloon)
+# pvpanic_mmio (with pvpanic, its dependency) binds the pvpanic port the DSDT describes.
+GUEST_MODULES=(virtio_ring virtio virtio_mmio virtio_balloon pvpanic_mmio)
 L1_MODULES=(irqbypass kvm kvm-amd)
 
 resolve_pkg() {
@@ -31,9 +34,14 @@ resolve_pkg() {
     echo "${dep:-}"
 }
 
+wanted_modules() {
+    echo "guest: ${GUEST_MODULES[*]}; L1: ${L1_MODULES[*]}"
+}
+
 kernel_is_cached() {
     [[ -s $CACHE_DIR/vmlinuz && -s $CACHE_DIR/modules/guest.order &&
-        -s $CACHE_DIR/modules/l1.order && -s $CACHE_DIR/kernel.pkg ]]
+        -s $CACHE_DIR/modules/l1.order && -s $CACHE_DIR/kernel.pkg &&
+        $(cat "$CACHE_DIR/modules/wanted" 2>/dev/null) == "$(wanted_modules)" ]]
 }
 
 # Prints the path of module NAME under the unpacked tree, matching '-' and '_' alike as
@@ -132,6 +140,7 @@ main() {
     mkdir -p "$out"
     write_order "$work/root" "$out" guest.order "${GUEST_MODULES[@]}"
     write_order "$work/root" "$out" l1.order "${L1_MODULES[@]}"
+    wanted_modules >"$out/wanted"
 
     rm -rf "$CACHE_DIR/modules"
     mv "$out" "$CACHE_DIR/modules"

@@ -28,6 +28,7 @@ use crate::console::{ConsoleError, ConsoleInput, ConsoleSink, SerialMode};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::acpi_power::AcpiPowerDevice;
 use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::pvpanic::PvPanic;
 use crate::devices::legacy::serial::SerialConsole;
 use crate::devices::virtio::balloon::{Balloon, BalloonConfig, BalloonHandle, BalloonSetupError};
 use crate::devices::virtio::event_handler::VirtioMmioEventHandler;
@@ -164,9 +165,18 @@ pub fn create_event_loop() -> Result<EventLoop, BuildError> {
     EventLoop::new().map_err(|e| BuildError::EventLoop(e.to_string()))
 }
 
-/// The legacy devices on the port-I/O bus: COM1 as the console (see [`attach_serial_console`]),
-/// the i8042 for reset and the ACPI sleep control register for power-off, both of which
-/// stop the VM through `lifecycle`. Returns the console's output.
+/// The legacy devices the VMM still talks to once the VM runs.
+pub struct LegacyDevices {
+    /// The console's output: its counters, and its last flush on the way out.
+    pub console: ConsoleSink,
+    /// The keyboard controller, through which the API types Ctrl+Alt+Del.
+    pub i8042: Arc<Mutex<I8042>>,
+}
+
+/// The legacy devices on the port-I/O bus: COM1 as the console (see
+/// [`attach_serial_console`]), the i8042 (keyboard, and reset), the ACPI sleep control
+/// register for power-off, and the pvpanic port; the last three stop the VM through
+/// `lifecycle`.
 pub fn attach_legacy_devices(
     vm_fd: &VmFd,
     io_bus: &mut Bus,
@@ -174,10 +184,19 @@ pub fn attach_legacy_devices(
     lifecycle: &Arc<Lifecycle>,
     serial: &SerialMode,
     output_filter: ThreadFilter,
-) -> Result<ConsoleSink, BuildError> {
+) -> Result<LegacyDevices, BuildError> {
     let console = attach_serial_console(vm_fd, io_bus, event_manager, serial, output_filter)?;
+    let keyboard_irq =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("the keyboard interrupt"))?;
+    vm_fd
+        .register_irqfd(&keyboard_irq, layout::I8042_KEYBOARD_GSI)
+        .map_err(kvm_err("wiring the keyboard interrupt"))?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        lifecycle.clone(),
+        Arc::new(keyboard_irq),
+    )));
     io_bus.insert(
-        Arc::new(Mutex::new(I8042::new(lifecycle.clone()))),
+        i8042.clone(),
         u64::from(layout::I8042_PORT_BASE),
         u64::from(layout::I8042_PORT_SIZE),
     )?;
@@ -186,7 +205,12 @@ pub fn attach_legacy_devices(
         u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
         2,
     )?;
-    Ok(console)
+    io_bus.insert(
+        Arc::new(Mutex::new(PvPanic::new(lifecycle.clone()))),
+        u64::from(layout::PVPANIC_PORT),
+        1,
+    )?;
+    Ok(LegacyDevices { console, i8042 })
 }
 
 /// COM1, its output as `mode` says (never blocking the vCPU that writes it), and with

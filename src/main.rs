@@ -58,7 +58,7 @@ struct RunArgs {
     /// An initramfs for the guest.
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
-    /// Added to the end of the kernel command line (after "console=ttyS0 reboot=k panic=1 pci=off").
+    /// Added to the end of the kernel command line (after "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux").
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     cmdline: Option<String>,
     /// Guest memory: 512M, 2G, 1536MiB, 2GiB or bytes.

@@ -13,6 +13,9 @@
 //! (`rep outsb`) included (`PortIo`); MMIO to the MMIO bus; KVM's system events become
 //! the [`StopReason`] they mean (a crash is a guest panic, not a power-off).
 //!
+//! Pausing: each vCPU passes a [`PauseGate`] before every `KVM_RUN` and parks there while
+//! the VM is paused ([`pause`]).
+//!
 //! Halt detection: with an in-kernel irqchip, a guest that halts (`halt -f`) leaves its
 //! vCPUs blocked inside KVM forever. The VMM periodically asks each vCPU (a kick with
 //! [`VcpuShared::request_halt_probe`]) whether it sits in HLT with interrupts disabled;
@@ -35,6 +38,10 @@ use crate::lifecycle::{Lifecycle, StopReason};
 use crate::memory::GuestMemoryMmap;
 use crate::seccomp::{self, SpawnError, ThreadFilter};
 use crate::test_hooks;
+
+pub mod pause;
+
+pub use pause::PauseGate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -127,6 +134,7 @@ pub struct Vcpu {
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
     lifecycle: Arc<Lifecycle>,
+    pause_gate: Arc<PauseGate>,
     shared: Arc<VcpuShared>,
 }
 
@@ -167,6 +175,7 @@ pub struct VcpuSetup<'a> {
     pub io_bus: Arc<Bus>,
     pub mmio_bus: Arc<Bus>,
     pub lifecycle: Arc<Lifecycle>,
+    pub pause_gate: Arc<PauseGate>,
 }
 
 impl Vcpu {
@@ -226,6 +235,7 @@ impl Vcpu {
             io_bus: setup.io_bus.clone(),
             mmio_bus: setup.mmio_bus.clone(),
             lifecycle: setup.lifecycle.clone(),
+            pause_gate: setup.pause_gate.clone(),
             shared: Arc::new(VcpuShared::default()),
         })
     }
@@ -246,9 +256,17 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        let _membership = self.pause_gate.join(self.index);
         // The test hook that makes this vCPU panic (src/test_hooks.rs).
         let panic_point = format!("panic:vcpu{}", self.index);
         while !self.lifecycle.is_stopping() {
+            if self.pause_gate.is_paused() {
+                self.pause_gate.wait_while_paused(|| {
+                    // Fails when the guest has not set up kvmclock: nothing to tell then.
+                    let _ = self.fd.kvmclock_ctrl();
+                });
+                continue;
+            }
             let outcome = match self.fd.run() {
                 // The data of a port-I/O exit is read below from kvm_run, where KVM also
                 // says how many accesses of what size it holds.

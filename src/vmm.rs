@@ -14,9 +14,9 @@ use event_manager::SubscriberOps;
 use kvm_ioctls::{Kvm, VmFd};
 
 use crate::api::{ApiError, ApiServer, ServerLimits};
-use crate::builder::{self, BuildError, EventLoop};
+use crate::builder::{self, BuildError, EventLoop, LegacyDevices};
 use crate::config::{self, ConfigError, VmConfig};
-use crate::console::{ConsoleCounters, ConsoleSink};
+use crate::console::ConsoleCounters;
 use crate::controller::VmController;
 use crate::devices::bus::Bus;
 use crate::devices::virtio::balloon::{BalloonControl, BalloonHandle};
@@ -25,7 +25,7 @@ use crate::lifecycle::vcpu_threads::VcpuThreads;
 use crate::lifecycle::{fail_stop, signals, Lifecycle, SetupError, StopReason};
 use crate::memory::GuestMemoryMmap;
 use crate::seccomp::{Confinement, SeccompError, ThreadKind};
-use crate::vcpu::{Vcpu, VcpuError, VcpuSetup};
+use crate::vcpu::{PauseGate, Vcpu, VcpuError, VcpuSetup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -54,10 +54,11 @@ pub struct Vm {
     _vm_fd: VmFd,
     mem: GuestMemoryMmap,
     lifecycle: Arc<Lifecycle>,
+    pause_gate: Arc<PauseGate>,
     vcpus: Vec<Vcpu>,
     event_loop: EventLoop,
+    legacy: LegacyDevices,
     balloon: Option<BalloonHandle>,
-    console: ConsoleSink,
 }
 
 impl Vm {
@@ -75,7 +76,7 @@ impl Vm {
         let mut io_bus = Bus::new();
         let mut mmio_bus = Bus::new();
         let mut event_loop = builder::create_event_loop()?;
-        let console = builder::attach_legacy_devices(
+        let legacy = builder::attach_legacy_devices(
             &vm_fd,
             &mut io_bus,
             &mut event_loop,
@@ -99,6 +100,7 @@ impl Vm {
 
         let kernel = builder::configure_boot(&mem, &config, &mmio_devices)?;
         let supported_cpuid = builder::supported_cpuid(&kvm)?;
+        let pause_gate = Arc::new(PauseGate::new());
         let vcpus = builder::create_vcpus(&VcpuSetup {
             vm: &vm_fd,
             mem: &mem,
@@ -108,6 +110,7 @@ impl Vm {
             io_bus: Arc::new(io_bus),
             mmio_bus: Arc::new(mmio_bus),
             lifecycle: lifecycle.clone(),
+            pause_gate: pause_gate.clone(),
         })?;
 
         Ok(Vm {
@@ -116,10 +119,11 @@ impl Vm {
             _vm_fd: vm_fd,
             mem,
             lifecycle,
+            pause_gate,
             vcpus,
             event_loop,
+            legacy,
             balloon,
-            console,
         })
     }
 
@@ -140,7 +144,7 @@ impl Vm {
 
     /// How much guest console output was written and dropped; `None` with `--serial off`.
     pub fn console_counters(&self) -> Option<Arc<ConsoleCounters>> {
-        self.console.counters()
+        self.legacy.console.counters()
     }
 
     /// What the API may see of and do to this VM.
@@ -150,6 +154,8 @@ impl Vm {
             self.config.vcpus,
             self.config.mem_size,
             self.lifecycle(),
+            self.pause_gate.clone(),
+            self.legacy.i8042.clone(),
             self.balloon()
                 .map(|b| Arc::new(b.clone()) as Arc<dyn BalloonControl>),
         )
@@ -165,6 +171,7 @@ impl Vm {
             std::mem::take(&mut self.vcpus),
             self.lifecycle.clone(),
             confinement.filter(ThreadKind::Vcpu),
+            self.pause_gate.clone(),
         )?);
         let watcher = StopWatcher::new(self.lifecycle.clone(), vcpus.clone())?;
         self.event_loop
@@ -188,8 +195,9 @@ impl Vm {
                 }
             }
         }
+        // vCPUs parked by a pause leave the gate, then their loop.
         vcpus.stop();
-        self.console.finish();
+        self.legacy.console.finish();
         match loop_error {
             Some(e) => Err(e),
             None => Ok(self

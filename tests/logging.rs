@@ -18,7 +18,7 @@ use std::thread;
 use log::{Level, LevelFilter};
 use virtio_queue::{Queue, QueueT};
 
-use vmm::api::{ApiServer, VmControl, VmInfo};
+use vmm::api::{ApiServer, VmControl, VmInfo, VmRequestError};
 use vmm::devices::virtio::balloon::{Balloon, BalloonConfig, BalloonControl};
 use vmm::devices::virtio::VirtioDevice;
 use vmm::logging::LogConfig;
@@ -64,6 +64,16 @@ impl VmControl for ModelVm {
         None
     }
     fn request_shutdown(&self) {}
+    // The logging tests do not drive the VM: anything but a shutdown is refused.
+    fn pause(&self) -> Result<(), VmRequestError> {
+        Err(VmRequestError::Conflict("this VM cannot pause".into()))
+    }
+    fn resume(&self) -> Result<(), VmRequestError> {
+        Err(VmRequestError::Conflict("this VM cannot resume".into()))
+    }
+    fn send_ctrl_alt_del(&self) -> Result<(), VmRequestError> {
+        Err(VmRequestError::Conflict("this VM has no keyboard".into()))
+    }
 }
 
 /// One log line, taken apart: `<time> <LEVEL> [<thread>] <target>: <message>`.

@@ -17,8 +17,8 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use crate::size::{parse_size, HumanSize, SizeError, MIB};
 
 use super::types::{
-    BalloonBody, BalloonStatsBody, BalloonUpdate, Fault, HintingStart, HintingStatusBody,
-    VmInfoBody,
+    Action, ActionType, BalloonBody, BalloonStatsBody, BalloonUpdate, Fault, HintingStart,
+    HintingStatusBody, VmInfoBody, VmStateChange, VmUpdate,
 };
 
 /// How long the client waits, by default, for the VMM to take a request or answer it.
@@ -126,6 +126,12 @@ pub enum VmCommand {
     Info,
     /// Stop the VM; vmm exits
     Shutdown,
+    /// Pause every vCPU (the API, the balloon and shutdown still work)
+    Pause,
+    /// Let the vCPUs run again
+    Resume,
+    /// Press Ctrl+Alt+Del on the guest's keyboard
+    CtrlAltDel,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -245,10 +251,35 @@ pub fn run(args: &CtlArgs, out: &mut dyn Write) -> Result<(), ClientError> {
             show(out, json, &answer, |out| show_vm(out, &vm))
         }
         CtlCommand::Vm(VmCommand::Shutdown) => {
-            let body = r#"{"action_type":"Shutdown"}"#;
-            let answer = api.request("PUT", "/actions", Some(body))?;
+            let body = to_json(&Action {
+                action_type: ActionType::Shutdown,
+            });
+            let answer = api.request("PUT", "/actions", Some(&body))?;
             show(out, json, &answer, |out| {
                 writeln!(out, "the VM is shutting down")
+            })
+        }
+        CtlCommand::Vm(VmCommand::Pause) => {
+            let body = to_json(&VmUpdate {
+                state: VmStateChange::Paused,
+            });
+            let answer = api.request("PATCH", "/vm", Some(&body))?;
+            show(out, json, &answer, |out| writeln!(out, "the VM is paused"))
+        }
+        CtlCommand::Vm(VmCommand::Resume) => {
+            let body = to_json(&VmUpdate {
+                state: VmStateChange::Resumed,
+            });
+            let answer = api.request("PATCH", "/vm", Some(&body))?;
+            show(out, json, &answer, |out| writeln!(out, "the VM is running"))
+        }
+        CtlCommand::Vm(VmCommand::CtrlAltDel) => {
+            let body = to_json(&Action {
+                action_type: ActionType::SendCtrlAltDel,
+            });
+            let answer = api.request("PUT", "/actions", Some(&body))?;
+            show(out, json, &answer, |out| {
+                writeln!(out, "Ctrl+Alt+Del sent to the guest")
             })
         }
     }
@@ -272,7 +303,7 @@ pub fn balloon_size_mib(text: &str) -> Result<u32, BalloonSizeError> {
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
-    // The request types are plain structs of numbers and booleans.
+    // The request types are plain structs of numbers, booleans and unit enums.
     serde_json::to_string(value).unwrap_or_default()
 }
 

@@ -37,7 +37,8 @@ pub struct VmInfo {
     pub id: String,
     pub vcpus: u8,
     pub memory_bytes: u64,
-    /// `"Running"` while the guest runs, `"Stopping"` once a shutdown was requested.
+    /// `"Running"` while the guest runs, `"Paused"` while its vCPUs are paused,
+    /// `"Stopping"` once a shutdown was requested.
     pub state: &'static str,
     pub uptime_ms: u64,
 }
@@ -49,6 +50,24 @@ pub trait VmControl: Send + Sync {
     fn balloon(&self) -> Option<Arc<dyn BalloonControl>>;
     /// Asks the VM to stop; vmm then exits with status 0. Returns at once.
     fn request_shutdown(&self);
+    /// Pauses every vCPU; returns once none runs. Pausing a paused VM changes nothing.
+    fn pause(&self) -> Result<(), VmRequestError>;
+    /// Lets the vCPUs run again. Resuming a running VM changes nothing.
+    fn resume(&self) -> Result<(), VmRequestError>;
+    /// Types Ctrl+Alt+Del on the guest's keyboard. Returns once the keys are queued.
+    fn send_ctrl_alt_del(&self) -> Result<(), VmRequestError>;
+}
+
+/// Why the VM did not do what the API asked; the text is one sentence for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VmRequestError {
+    /// The VM cannot do it in its present state (it is stopping, the guest does not read
+    /// its keyboard): answered 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The VMM tried and failed: answered 500.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Why the API server could not start.

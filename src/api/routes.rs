@@ -13,9 +13,9 @@ use crate::size::MIB;
 use super::types::{
     Action, ActionType, BalloonBody, BalloonStatsBody, BalloonStatsUpdate, BalloonUpdate,
     EmptyBody, Fault, HintingStart, HintingStatusBody, InstanceInfoBody, MachineConfigBody,
-    VmInfoBody,
+    VmInfoBody, VmStateChange, VmUpdate,
 };
-use super::VmControl;
+use super::{VmControl, VmRequestError};
 
 /// One method on one path, and the function that answers it.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +37,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/", get_instance),
     route("GET", "/machine-config", get_machine_config),
     route("GET", "/vm", get_vm),
+    route("PATCH", "/vm", patch_vm),
     route("GET", "/balloon", get_balloon),
     route("PATCH", "/balloon", patch_balloon),
     route("GET", "/balloon/statistics", get_balloon_statistics),
@@ -159,6 +160,16 @@ fn get_vm(vm: &dyn VmControl, _: RequestBody) -> Answer {
     Ok(Response::json(&VmInfoBody::new(&vm.info(), attached)))
 }
 
+fn patch_vm(vm: &dyn VmControl, body: RequestBody) -> Answer {
+    let update: VmUpdate = required_body(body, "PATCH /vm", VM_STATE_EXAMPLE)?;
+    match update.state {
+        VmStateChange::Paused => vm.pause(),
+        VmStateChange::Resumed => vm.resume(),
+    }
+    .map_err(vm_fault)?;
+    Ok(Response::no_content())
+}
+
 fn get_balloon(vm: &dyn VmControl, _: RequestBody) -> Answer {
     Ok(Response::json(&BalloonBody::from(&balloon(vm)?.info())))
 }
@@ -203,10 +214,12 @@ fn put_action(vm: &dyn VmControl, body: RequestBody) -> Answer {
     let action: Action = required_body(body, "PUT /actions", ACTION_EXAMPLE)?;
     match action.action_type {
         ActionType::Shutdown => vm.request_shutdown(),
+        ActionType::SendCtrlAltDel => vm.send_ctrl_alt_del().map_err(vm_fault)?,
     }
     Ok(Response::no_content())
 }
 
+const VM_STATE_EXAMPLE: &str = r#"{"state": "Paused"}"#;
 const AMOUNT_EXAMPLE: &str = r#"{"amount_mib": 512}"#;
 const STATS_EXAMPLE: &str = r#"{"stats_polling_interval_s": 5}"#;
 const ACTION_EXAMPLE: &str = r#"{"action_type": "Shutdown"}"#;
@@ -230,6 +243,13 @@ fn balloon(vm: &dyn VmControl) -> Result<std::sync::Arc<dyn BalloonControl>, Res
             "no balloon is attached to this VM; start vmm with --balloon",
         )
     })
+}
+
+fn vm_fault(error: VmRequestError) -> Response {
+    match error {
+        VmRequestError::Conflict(message) => Response::fault(409, message),
+        VmRequestError::Failed(message) => Response::fault(500, message),
+    }
 }
 
 /// Every balloon error is a request the device cannot carry out as asked.

@@ -80,7 +80,7 @@ pub struct VmInfoBody {
     pub vcpus: u8,
     /// Guest memory in MiB, rounded down.
     pub memory_mib: u64,
-    /// `Running`, or `Stopping` once a shutdown was requested.
+    /// `Running`, `Paused`, or `Stopping` once a shutdown was requested.
     pub state: String,
     pub uptime_ms: u64,
     /// Whether a balloon device is attached (the `/balloon` routes answer 409 otherwise).
@@ -298,6 +298,21 @@ fn default_acknowledge_on_stop() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct EmptyBody {}
 
+/// `PATCH /vm`, as in Firecracker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmUpdate {
+    pub state: VmStateChange,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmStateChange {
+    /// Stop every vCPU until `Resumed`.
+    Paused,
+    /// Let the vCPUs run again.
+    Resumed,
+}
+
 /// `PUT /actions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -309,6 +324,8 @@ pub struct Action {
 pub enum ActionType {
     /// Stop the VM; vmm exits with status 0.
     Shutdown,
+    /// Type Ctrl+Alt+Del on the guest's keyboard.
+    SendCtrlAltDel,
 }
 
 /// Accepts only a JSON integer that fits a u32, so that `-1`, `1.5`, `"512"` and

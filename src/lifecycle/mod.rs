@@ -15,8 +15,9 @@ use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::legacy::{PowerEvent, PowerEventHandler};
+use crate::devices::legacy::{PanicEvent, PanicEventHandler, PowerEvent, PowerEventHandler};
 use crate::sync::lock;
+use crate::warn_once;
 
 pub mod fail_stop;
 pub mod signals;
@@ -133,6 +134,9 @@ pub struct Lifecycle {
     stopping: AtomicBool,
     reason: Mutex<Option<StopReason>>,
     stop_event: EventFd,
+    /// The guest's kernel crashed into its crash kernel (pvpanic `CRASH_LOADED`): the VM
+    /// runs on so that the dump can be saved, and the guest's own ending is then a panic.
+    crashed: AtomicBool,
 }
 
 impl Lifecycle {
@@ -141,11 +145,17 @@ impl Lifecycle {
             stopping: AtomicBool::new(false),
             reason: Mutex::new(None),
             stop_event: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            crashed: AtomicBool::new(false),
         })
     }
 
     /// Asks the VM to stop. Only the first reason is kept.
     pub fn request_stop(&self, reason: StopReason) {
+        let reason = if self.crashed.load(Ordering::SeqCst) {
+            reason.after_crash_kernel()
+        } else {
+            reason
+        };
         {
             let mut slot = lock(&self.reason);
             if slot.is_none() {
@@ -173,6 +183,38 @@ impl Lifecycle {
     /// Clears the stop event after the event loop has seen it.
     pub fn ack_stop_event(&self) {
         let _ = self.stop_event.read();
+    }
+}
+
+impl StopReason {
+    /// This reason, once the guest's kernel crashed into its crash kernel: the guest
+    /// ending by itself (the crash kernel's reboot or power-off) ends it as a panic.
+    fn after_crash_kernel(self) -> StopReason {
+        let ending = match self {
+            StopReason::PowerOff => "powered off",
+            StopReason::Reset => "rebooted",
+            StopReason::Halted => "halted",
+            other => return other,
+        };
+        StopReason::GuestPanic(format!(
+            "pvpanic reported CRASH_LOADED (a crash kernel took over), then the guest {ending}"
+        ))
+    }
+}
+
+impl PanicEventHandler for Lifecycle {
+    fn panic_event(&self, event: PanicEvent) {
+        match event {
+            PanicEvent::Panicked => {
+                self.request_stop(StopReason::GuestPanic("pvpanic reported PANICKED".into()))
+            }
+            PanicEvent::CrashLoaded => {
+                self.crashed.store(true, Ordering::SeqCst);
+                warn_once!(
+                    "the guest's kernel panicked and is booting its crash kernel (pvpanic: CRASH_LOADED); the VM runs on so that it can save a dump"
+                );
+            }
+        }
     }
 }
 
@@ -212,6 +254,42 @@ mod tests {
         assert_eq!(StopReason::GuestFault("triple fault".into()).exit_code(), 4);
         assert_eq!(StopReason::VmmPanic("vcpu0".into()).exit_code(), 5);
         assert_eq!(exit_status::SECCOMP_VIOLATION, 159);
+    }
+
+    #[test]
+    fn a_pvpanic_panic_stops_the_vm_before_the_reboot_that_follows() {
+        let lifecycle = Lifecycle::new().unwrap();
+        lifecycle.panic_event(PanicEvent::Panicked);
+        // panic=1: the kernel resets the machine a second later.
+        lifecycle.power_event(PowerEvent::Reset);
+        let reason = lifecycle.reason().unwrap();
+        assert_eq!(reason.exit_code(), exit_status::GUEST_PANIC);
+        assert_eq!(
+            reason.report().unwrap(),
+            "the guest panicked: pvpanic reported PANICKED"
+        );
+    }
+
+    #[test]
+    fn a_crash_kernel_runs_and_its_ending_is_a_panic() {
+        for (ending, word) in [
+            (StopReason::Reset, "rebooted"),
+            (StopReason::PowerOff, "powered off"),
+            (StopReason::Halted, "halted"),
+        ] {
+            let lifecycle = Lifecycle::new().unwrap();
+            lifecycle.panic_event(PanicEvent::CrashLoaded);
+            assert!(!lifecycle.is_stopping(), "the crash kernel must get to run");
+            lifecycle.request_stop(ending);
+            let reason = lifecycle.reason().unwrap();
+            assert_eq!(reason.exit_code(), exit_status::GUEST_PANIC);
+            assert!(reason.report().unwrap().contains(word), "{reason:?}");
+        }
+        // Endings the host asked for keep their own status.
+        let lifecycle = Lifecycle::new().unwrap();
+        lifecycle.panic_event(PanicEvent::CrashLoaded);
+        lifecycle.request_stop(StopReason::Signal(15));
+        assert_eq!(lifecycle.reason(), Some(StopReason::Signal(15)));
     }
 
     #[test]

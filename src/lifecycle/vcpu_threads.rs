@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::{Lifecycle, StopReason};
 use crate::seccomp::ThreadFilter;
+use crate::vcpu::PauseGate;
 use crate::vcpu::{Vcpu, VcpuError, VcpuHandle};
 
 /// How long stopping the vCPUs may take before vmm gives up on the ones left.
@@ -50,11 +51,13 @@ impl VcpuThread for VcpuHandle {
 }
 
 /// Starts each of `vcpus` with `start`, in order. If one fails to start, the VM is asked
-/// to stop, the ones already started are stopped and joined, and the error is returned.
+/// to stop, `release` lets go of any vCPU held back (a pause that came before the start
+/// failed), the ones already started are stopped and joined, and the error is returned.
 pub fn start_all<V, H: VcpuThread>(
     vcpus: Vec<V>,
     mut start: impl FnMut(V) -> Result<H, VcpuError>,
     lifecycle: &Lifecycle,
+    release: impl FnOnce(),
 ) -> Result<Vec<H>, VcpuError> {
     let mut started = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
@@ -62,6 +65,7 @@ pub fn start_all<V, H: VcpuThread>(
             Ok(handle) => started.push(handle),
             Err(e) => {
                 lifecycle.request_stop(StopReason::Error(e.to_string()));
+                release();
                 let left = stop_and_join(started, JOIN_TIMEOUT);
                 report_left_behind(&left);
                 return Err(e);
@@ -107,19 +111,28 @@ fn report_left_behind(indices: &[u8]) {
 /// out of vmm that forgot to (a panic unwinding the main thread) still does.
 pub struct VcpuThreads {
     lifecycle: Arc<Lifecycle>,
+    pause_gate: Arc<PauseGate>,
     threads: Mutex<Vec<VcpuHandle>>,
 }
 
 impl VcpuThreads {
-    /// Starts every vCPU (see [`start_all`]), each confining itself with `filter` first.
+    /// Starts every vCPU (see [`start_all`]), each confining itself with `filter` first
+    /// and parking at `pause_gate` while the VM is paused.
     pub fn start(
         vcpus: Vec<Vcpu>,
         lifecycle: Arc<Lifecycle>,
         filter: ThreadFilter,
+        pause_gate: Arc<PauseGate>,
     ) -> Result<VcpuThreads, VcpuError> {
-        let threads = start_all(vcpus, |vcpu| vcpu.start(filter.clone()), &lifecycle)?;
+        let threads = start_all(
+            vcpus,
+            |vcpu| vcpu.start(filter.clone()),
+            &lifecycle,
+            || pause_gate.release(),
+        )?;
         Ok(VcpuThreads {
             lifecycle,
+            pause_gate,
             threads: Mutex::new(threads),
         })
     }
@@ -130,13 +143,15 @@ impl VcpuThreads {
     }
 
     /// Stops and joins every vCPU thread (bounded by [`JOIN_TIMEOUT`]). The VM should have
-    /// been asked to stop; if not, it is now. Later calls do nothing.
+    /// been asked to stop; if not, it is now. vCPUs parked by a pause leave the gate first.
+    /// Later calls do nothing.
     pub fn stop(&self) {
         if !self.lifecycle.is_stopping() {
             self.lifecycle.request_stop(StopReason::Error(
                 "vmm stopped the vCPUs without a reason (a bug)".to_string(),
             ));
         }
+        self.pause_gate.release();
         let threads = std::mem::take(&mut *crate::sync::lock(&self.threads));
         report_left_behind(&stop_and_join(threads, JOIN_TIMEOUT));
     }
@@ -256,6 +271,7 @@ mod tests {
                 }
             },
             &lifecycle,
+            || {},
         );
         let Err(e) = result else {
             panic!("the start of vCPU 2 failed, so starting all must fail");

@@ -24,6 +24,7 @@ const KVMIO: u32 = kvm_bindings::KVMIO;
 vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_bindings::kvm_regs);
 vmm_sys_util::ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_bindings::kvm_mp_state);
+vmm_sys_util::ioctl_io_nr!(KVM_KVMCLOCK_CTRL, KVMIO, 0xad);
 
 /// What the lists depend on that is only known when vmm runs.
 #[derive(Debug, Clone, Copy)]
@@ -152,7 +153,7 @@ pub fn for_thread(kind: ThreadKind, facts: &ProcessFacts) -> Result<AllowList, B
     match kind {
         ThreadKind::Main => main_thread(&mut list, facts)?,
         ThreadKind::Vcpu => vcpu_thread(&mut list)?,
-        ThreadKind::Api => api_thread(&mut list)?,
+        ThreadKind::Api => api_thread(&mut list, facts)?,
         ThreadKind::Output => output_thread(&mut list),
     }
     Ok(list)
@@ -308,9 +309,15 @@ fn main_thread(list: &mut AllowList, facts: &ProcessFacts) -> Result<(), Backend
 /// A vCPU thread: running the guest, and the device work of its exits.
 fn vcpu_thread(list: &mut AllowList) -> Result<(), BackendError> {
     device_work(list)?;
-    // Running the guest, and the halt probe's questions (is the vCPU halted, with
-    // interrupts off?). Every other KVM ioctl was made while building the VM.
-    for request in [KVM_RUN(), KVM_GET_MP_STATE(), KVM_GET_REGS()] {
+    // Running the guest, the halt probe's questions (is the vCPU halted, with interrupts
+    // off?), and telling the guest's kvmclock it was paused (so its watchdog does not take
+    // the gap for a lock-up). Every other KVM ioctl was made while building the VM.
+    for request in [
+        KVM_RUN(),
+        KVM_GET_MP_STATE(),
+        KVM_GET_REGS(),
+        KVM_KVMCLOCK_CTRL(),
+    ] {
         list.allow_if(Sysno::ioctl, vec![int_arg_is(1, request as u32)?])?;
     }
     // The balloon's statistics timer, armed when the driver starts the device and
@@ -327,7 +334,7 @@ fn output_thread(list: &mut AllowList) {
 }
 
 /// The API server: its own event loop over the socket and its connections.
-fn api_thread(list: &mut AllowList) -> Result<(), BackendError> {
+fn api_thread(list: &mut AllowList, facts: &ProcessFacts) -> Result<(), BackendError> {
     list.allow(Sysno::epoll_wait);
     list.allow(Sysno::epoll_ctl);
     // Accepting a connection (always close-on-exec, as Rust's standard library asks),
@@ -339,6 +346,15 @@ fn api_thread(list: &mut AllowList) -> Result<(), BackendError> {
     list.allow_if(Sysno::ioctl, vec![int_arg_is(1, libc::FIONBIO as u32)?])?;
     list.allow(Sysno::recvfrom);
     list.allow(Sysno::sendto);
+    // PATCH /vm {"state": "Paused"} kicks the vCPUs out of KVM_RUN, as the main thread
+    // does to stop them.
+    list.allow_if(
+        Sysno::tgkill,
+        vec![
+            int_arg_is(0, facts.pid)?,
+            int_arg_is(2, as_u32(facts.kick_signal))?,
+        ],
+    )?;
     // PATCH /balloon/statistics re-arms the balloon's statistics timer.
     list.allow(Sysno::timerfd_settime);
     // When the server stops, it removes its socket file, after checking that the path
@@ -365,6 +381,7 @@ mod tests {
         assert_eq!(KVM_RUN(), 0xae80);
         assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
         assert_eq!(KVM_GET_MP_STATE(), 0x8004_ae98);
+        assert_eq!(KVM_KVMCLOCK_CTRL(), 0xaead);
     }
 
     #[test]

@@ -437,6 +437,20 @@ impl crate::api::VmControl for BalloonOnlyVm {
     }
 
     fn request_shutdown(&self) {}
+
+    fn pause(&self) -> Result<(), crate::api::VmRequestError> {
+        Err(crate::api::VmRequestError::Conflict("no vCPUs here".into()))
+    }
+
+    fn resume(&self) -> Result<(), crate::api::VmRequestError> {
+        Err(crate::api::VmRequestError::Conflict("no vCPUs here".into()))
+    }
+
+    fn send_ctrl_alt_del(&self) -> Result<(), crate::api::VmRequestError> {
+        Err(crate::api::VmRequestError::Conflict(
+            "no keyboard here".into(),
+        ))
+    }
 }
 
 /// Sends one request with `Connection: close` and returns the status line of the answer.

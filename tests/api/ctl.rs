@@ -158,9 +158,27 @@ fn ctl_drives_hinting_and_the_vm() {
     ] {
         assert!(out.contains(expected), "{expected:?} not in:\n{out}");
     }
+    assert_eq!(ctl_ok(&h.socket, &["vm", "pause"]), "the VM is paused\n");
+    assert!(h.vm.is_paused());
+    let out = ctl_ok(&h.socket, &["vm", "info"]);
+    assert!(out.contains("state:                Paused\n"), "{out}");
+    assert_eq!(
+        ctl_ok(&h.socket, &["vm", "ctrl-alt-del"]),
+        "Ctrl+Alt+Del sent to the guest\n"
+    );
+    assert_eq!(h.vm.ctrl_alt_dels(), 1);
+    assert_eq!(ctl_ok(&h.socket, &["vm", "resume"]), "the VM is running\n");
+    assert!(!h.vm.is_paused());
     assert_eq!(
         ctl_ok(&h.socket, &["vm", "shutdown"]),
         "the VM is shutting down\n"
+    );
+    // A stopping VM refuses, and the client says why.
+    let (result, _) = ctl(&h.socket, &["vm", "pause"]);
+    let error = result.unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "the VMM refused the request (HTTP 409): the VM is stopping"
     );
     assert_eq!(h.vm.shutdowns(), 1);
     assert_eq!(

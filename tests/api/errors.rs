@@ -41,7 +41,11 @@ fn bad_requests_are_refused_with_a_json_fault_and_change_nothing() {
         ("PATCH", "/balloon/hinting/start", Some(r#"{"acknowledge_on_stop": "yes"}"#), 400, &["acknowledge_on_stop", "yes"]),
         ("PATCH", "/balloon/hinting/start", Some("[true]"), 400, &["JSON object"]),
         ("PATCH", "/balloon/hinting/stop", Some(r#"{"now": true}"#), 400, &["unknown field `now`"]),
-        ("PUT", "/actions", Some(r#"{"action_type": "Reboot"}"#), 400, &["Reboot", "Shutdown"]),
+        ("PUT", "/actions", Some(r#"{"action_type": "Reboot"}"#), 400, &["Reboot", "Shutdown", "SendCtrlAltDel"]),
+        ("PATCH", "/vm", Some(r#"{"state": "Running"}"#), 400, &["Running", "Paused", "Resumed"]),
+        ("PATCH", "/vm", Some(r#"{"state": "Paused", "vcpus": 1}"#), 400, &["unknown field `vcpus`"]),
+        ("PATCH", "/vm", Some("{}"), 400, &["missing field `state`"]),
+        ("PATCH", "/vm", Some(""), 400, &["needs a JSON body like {\"state\": \"Paused\"}"]),
         ("PUT", "/actions", Some("{}"), 400, &["missing field `action_type`"]),
         ("GET", "/nowhere", None, 404, &["/nowhere", "GET /vm"]),
         ("GET", "/balloon/", None, 404, &["/balloon/"]),
@@ -74,6 +78,38 @@ fn bad_requests_are_refused_with_a_json_fault_and_change_nothing() {
     assert_eq!(h.balloon().state(), before);
     assert_eq!(h.balloon().changes(), Vec::<String>::new());
     assert_eq!(h.vm.shutdowns(), 0);
+    assert!(!h.vm.is_paused());
+    assert_eq!(h.vm.ctrl_alt_dels(), 0);
+}
+
+#[test]
+fn requests_the_vm_cannot_carry_out_now_are_refused_with_409() {
+    let h = Harness::new(None);
+    h.vm.fill_keyboard();
+    let keys = h.request(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+    );
+    assert_eq!(keys.status, 409);
+    assert!(
+        keys.fault().contains("not reading its keyboard"),
+        "{}",
+        keys.text()
+    );
+
+    assert_eq!(
+        h.request("PUT", "/actions", Some(r#"{"action_type": "Shutdown"}"#))
+            .status,
+        204
+    );
+    for body in [r#"{"state": "Paused"}"#, r#"{"state": "Resumed"}"#] {
+        let answer = h.request("PATCH", "/vm", Some(body));
+        assert_eq!(answer.status, 409, "{body}: {}", answer.text());
+        assert_eq!(answer.fault(), "the VM is stopping");
+    }
+    assert!(!h.vm.is_paused());
+    assert_eq!(h.vm.ctrl_alt_dels(), 0);
 }
 
 #[test]
@@ -86,7 +122,7 @@ fn head_is_refused_without_a_body() {
     stream.read_to_end(&mut text).unwrap();
     let text = String::from_utf8(text).unwrap();
     assert!(text.starts_with("HTTP/1.1 405 "), "{text}");
-    assert!(text.contains("Allow: GET\r\n"), "{text}");
+    assert!(text.contains("Allow: GET, PATCH\r\n"), "{text}");
     assert!(text.ends_with("\r\n\r\n"), "{text}");
 }
 

@@ -4,10 +4,10 @@
 //! wait, and record every change they make, so a test can show that a refused request
 //! changed nothing.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vmm::api::{VmControl, VmInfo};
+use vmm::api::{VmControl, VmInfo, VmRequestError};
 use vmm::devices::virtio::balloon::{
     target_pages, BalloonConfig, BalloonControl, BalloonError, BalloonFeatures, BalloonInfo,
     BalloonStatistics, GuestStats, HintingStatus,
@@ -162,10 +162,15 @@ impl BalloonControl for ModelBalloon {
     }
 }
 
-/// A VM that counts the shutdowns asked of it.
+/// A VM that counts the shutdowns and key presses asked of it and knows whether it is
+/// paused; once stopping, it refuses the rest as the real one does.
 pub struct ModelVm {
     balloon: Option<Arc<ModelBalloon>>,
     shutdowns: AtomicUsize,
+    paused: AtomicBool,
+    ctrl_alt_dels: AtomicUsize,
+    /// The guest does not read its keyboard: Ctrl+Alt+Del is refused.
+    keyboard_full: AtomicBool,
 }
 
 impl ModelVm {
@@ -173,6 +178,9 @@ impl ModelVm {
         ModelVm {
             balloon,
             shutdowns: AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
+            ctrl_alt_dels: AtomicUsize::new(0),
+            keyboard_full: AtomicBool::new(false),
         }
     }
 
@@ -180,18 +188,64 @@ impl ModelVm {
     pub fn shutdowns(&self) -> usize {
         self.shutdowns.load(Ordering::SeqCst)
     }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// How many Ctrl+Alt+Del the guest was sent.
+    pub fn ctrl_alt_dels(&self) -> usize {
+        self.ctrl_alt_dels.load(Ordering::SeqCst)
+    }
+
+    pub fn fill_keyboard(&self) {
+        self.keyboard_full.store(true, Ordering::SeqCst);
+    }
+
+    fn refuse_if_stopping(&self) -> Result<(), VmRequestError> {
+        if self.shutdowns() > 0 {
+            return Err(VmRequestError::Conflict("the VM is stopping".into()));
+        }
+        Ok(())
+    }
 }
 
 impl VmControl for ModelVm {
     fn info(&self) -> VmInfo {
-        let stopping = self.shutdowns.load(Ordering::SeqCst) > 0;
         VmInfo {
             id: MODEL_ID.to_string(),
             vcpus: 2,
             memory_bytes: GUEST_MEMORY,
-            state: if stopping { "Stopping" } else { "Running" },
+            state: match (self.shutdowns() > 0, self.is_paused()) {
+                (true, _) => "Stopping",
+                (false, true) => "Paused",
+                (false, false) => "Running",
+            },
             uptime_ms: 12_345,
         }
+    }
+
+    fn pause(&self) -> Result<(), VmRequestError> {
+        self.refuse_if_stopping()?;
+        self.paused.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn resume(&self) -> Result<(), VmRequestError> {
+        self.refuse_if_stopping()?;
+        self.paused.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn send_ctrl_alt_del(&self) -> Result<(), VmRequestError> {
+        self.refuse_if_stopping()?;
+        if self.keyboard_full.load(Ordering::SeqCst) {
+            return Err(VmRequestError::Conflict(
+                "the guest is not reading its keyboard".into(),
+            ));
+        }
+        self.ctrl_alt_dels.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     fn balloon(&self) -> Option<Arc<dyn BalloonControl>> {

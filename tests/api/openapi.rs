@@ -57,9 +57,10 @@ fn openapi_describes_exactly_the_routes_the_server_serves() {
     assert!(spec["info"]["version"].is_string());
     let described = spec_operations(&spec);
 
-    // Every operation of the spec is served, and its example body is accepted.
-    let h = Harness::new(Some(all_features()));
+    // Every operation of the spec is served, and its example body is accepted, each by a
+    // VM of its own (the example of PUT /actions stops the VM, which then refuses more).
     for (path, method) in &described {
+        let h = Harness::new(Some(all_features()));
         let operation = &spec["paths"][path][method.to_lowercase()];
         let body = example_body(&spec, operation).map(|example| example.to_string());
         let answer = h.request(method, path, body.as_deref());

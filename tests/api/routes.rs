@@ -241,6 +241,36 @@ fn shutdown_action_asks_the_vm_to_stop() {
 }
 
 #[test]
+fn patch_vm_pauses_and_resumes_and_ctrl_alt_del_reaches_the_guest() {
+    let h = Harness::new(Some(all_features()));
+    let pause = h.request("PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
+    assert_eq!(pause.status, 204, "{}", pause.text());
+    assert!(h.vm.is_paused());
+    assert_eq!(h.request("GET", "/vm", None).json()["state"], "Paused");
+    // The balloon still answers while paused.
+    assert_eq!(
+        h.request("PATCH", "/balloon", Some(r#"{"amount_mib": 64}"#))
+            .status,
+        204
+    );
+    // Keys typed while paused wait for the guest.
+    let keys = h.request(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+    );
+    assert_eq!(keys.status, 204, "{}", keys.text());
+    assert_eq!(h.vm.ctrl_alt_dels(), 1);
+    assert_eq!(
+        h.request("PATCH", "/vm", Some(r#"{"state":"Resumed"}"#))
+            .status,
+        204
+    );
+    assert!(!h.vm.is_paused());
+    assert_eq!(h.request("GET", "/vm", None).json()["state"], "Running");
+}
+
+#[test]
 fn a_query_string_is_ignored() {
     let h = Harness::new(Some(all_features()));
     assert_eq!(h.request("GET", "/vm?pretty=1", None).status, 200);

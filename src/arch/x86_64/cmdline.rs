@@ -13,9 +13,11 @@ use vm_memory::GuestAddress;
 use super::layout::{self, MmioDeviceInfo};
 
 /// The command line every guest gets, before what the user adds: the console on COM1,
-/// reboot through the i8042 (which ends vmm), a panic reboots after 1 s, no PCI bus to
-/// probe.
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+/// reboot through the i8042 (which ends vmm), a panic reboots after 1 s (pvpanic has
+/// stopped the VM before that, when the guest loads its driver), no PCI bus to probe, and
+/// no AUX (mouse) port on the i8042 to look for: the controller has none, and without the
+/// option Linux warns that the DSDT describes a keyboard without a mouse.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux";
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CmdlineError {
@@ -108,7 +110,7 @@ mod tests {
         let devices = [MmioDeviceInfo::slot(0)];
         assert_eq!(
             text(kernel_cmdline(Some(" init=/bin/sh "), &devices)),
-            "console=ttyS0 reboot=k panic=1 pci=off virtio_mmio.device=4K@0xd0000000:5 init=/bin/sh"
+            "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux virtio_mmio.device=4K@0xd0000000:5 init=/bin/sh"
         );
         assert_eq!(text(kernel_cmdline(None, &[])), BASE_CMDLINE);
         assert_eq!(text(kernel_cmdline(Some("  "), &[])), BASE_CMDLINE);

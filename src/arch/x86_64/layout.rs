@@ -73,6 +73,13 @@ pub const SERIAL_GSI: u32 = 4;
 /// The i8042 keyboard controller (data at 0x60, command/status at 0x64).
 pub const I8042_PORT_BASE: u16 = 0x60;
 pub const I8042_PORT_SIZE: u16 = 5;
+pub const I8042_DATA_PORT: u16 = I8042_PORT_BASE;
+pub const I8042_COMMAND_PORT: u16 = I8042_PORT_BASE + 4;
+/// The keyboard interrupt, IRQ 1 as on every PC.
+pub const I8042_KEYBOARD_GSI: u32 = 1;
+
+/// The pvpanic port, where QEMU has it (the guest finds it through the DSDT).
+pub const PVPANIC_PORT: u16 = 0x505;
 
 /// Hardware-reduced ACPI sleep control register (FADT `SLEEP_CONTROL_REG`), one byte.
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
@@ -160,6 +167,7 @@ mod tests {
             let dev = MmioDeviceInfo::slot(i);
             assert!(dev.addr >= MMIO_GAP_START && dev.addr + dev.len <= IOAPIC_START);
             assert!(dev.gsi < IOAPIC_PINS && dev.gsi != SERIAL_GSI);
+            assert_ne!(dev.gsi, I8042_KEYBOARD_GSI);
         }
     }
 }

@@ -9,8 +9,9 @@
 //! - XSDT, listing the FADT and the MADT;
 //! - FADT, saying "hardware-reduced" and where the sleep control/status registers are;
 //! - MADT, one local APIC per vCPU and the IOAPIC;
-//! - DSDT, with `\_S5_` (so Linux can power off), COM1, and one `LNRO0005` device per
-//!   virtio-mmio window (the only way a stock Debian kernel finds them).
+//! - DSDT, with `\_S5_` (so Linux can power off), COM1, the i8042 keyboard, the pvpanic
+//!   port, and one `LNRO0005` device per virtio-mmio window (the only way a stock Debian
+//!   kernel finds them).
 //!
 //! The sleep control register's format, and the `SLP_TYP` value that means S5, come from
 //! the port device that implements the register
@@ -62,18 +63,18 @@ const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 const IAPC_MSI_NOT_SUPPORTED: u16 = 1 << 3;
 /// No CMOS RTC at ports 0x70/0x71: Linux does not register `rtc_cmos`.
 const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
-// Deliberately not set:
-// - LEGACY_DEVICES (bit 0): the one ISA device the guest needs, COM1, is in the DSDT.
-// - 8042 (bit 1): without it Linux's i8042 driver does not probe the controller (saving
-//   boot time and log noise); `reboot` still resets through port 0x64, which the kernel
-//   writes directly, and through the FADT reset register below.
+/// There is an 8042 keyboard controller. Linux finds it through the DSDT's `PNP0303`
+/// keyboard; the flag only says the hardware is there.
+const IAPC_8042: u16 = 1 << 1;
+// Deliberately not set: LEGACY_DEVICES (bit 0). The ISA devices the guest needs (COM1,
+// the keyboard, pvpanic) are in the DSDT.
 const IAPC_BOOT_ARCH: u16 =
-    IAPC_VGA_NOT_PRESENT | IAPC_MSI_NOT_SUPPORTED | IAPC_CMOS_RTC_NOT_PRESENT;
+    IAPC_8042 | IAPC_VGA_NOT_PRESENT | IAPC_MSI_NOT_SUPPORTED | IAPC_CMOS_RTC_NOT_PRESENT;
 
 /// The i8042 command port and the command that pulses the CPU reset line: the FADT reset
 /// register, so that an ACPI reboot (Linux's first choice) resets the VM the same way
 /// `reboot=k` does.
-const RESET_PORT: u16 = layout::I8042_PORT_BASE + 4;
+const RESET_PORT: u16 = layout::I8042_COMMAND_PORT;
 const RESET_VALUE: u8 = 0xfe;
 
 /// MADT flag: the machine also has a PC-AT compatible pair of 8259 PICs.
@@ -312,6 +313,10 @@ fn create_xsdt(entries: &[u64]) -> Vec<u8> {
 /// Scope (\_SB) {
 ///     Device (COM1) { _HID EisaId("PNP0501"), _UID 0,
 ///                     _CRS { IO (Decode16, 0x3f8, 0x3f8, 0, 8), Interrupt (..) { 4 } } }
+///     Device (PS2K) { _HID EisaId("PNP0303"),
+///                     _CRS { IO (Decode16, 0x60, 0x60, 0, 1), IO (Decode16, 0x64, 0x64, 0, 1),
+///                            Interrupt (..) { 1 } } }
+///     Device (PEVT) { _HID "QEMU0001", _CRS { IO (Decode16, 0x505, 0x505, 0, 1) } }
 ///     Device (V000) { _HID "LNRO0005", _UID 0,
 ///                     _CRS { Memory32Fixed (ReadWrite, addr, len),
 ///                            Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { gsi } } }
@@ -324,6 +329,12 @@ fn create_xsdt(entries: &[u64]) -> Vec<u8> {
 /// interrupts dynamically, so the built-in 8250 port's hard-coded IRQ 4 need not be GSI 4.
 /// Found through ACPI (8250_pnp), the port gets GSI 4 registered, edge/high, and uses
 /// whatever IRQ that maps to.
+///
+/// The keyboard (`PS2K`) is how Linux's i8042 driver finds the controller on an ACPI
+/// machine: it probes only the ports and the interrupt a `PNP0303` device names. There is
+/// no mouse device, since the controller has no AUX port; the command line's `i8042.noaux`
+/// keeps the driver from looking for one. `PEVT` is the pvpanic port, which Linux's
+/// `pvpanic-mmio` driver matches by `_HID "QEMU0001"`.
 fn create_dsdt(devices: &[MmioDeviceInfo]) -> Result<Vec<u8>, AcpiError> {
     let mut dsdt = Sdt::new(
         *b"DSDT",
@@ -338,13 +349,14 @@ fn create_dsdt(devices: &[MmioDeviceInfo]) -> Result<Vec<u8>, AcpiError> {
     let s5 = aml::Package::new(vec![&s5_type, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
     dsdt.append_slice(&aml_bytes(&aml::Name::new("\\_S5_".into(), &s5)));
 
-    let com1 = serial_device();
+    let legacy = [serial_device(), keyboard_device(), pvpanic_device()];
     let virtio: Vec<Vec<u8>> = devices
         .iter()
         .enumerate()
         .map(|(index, dev)| virtio_mmio_device(index, dev))
         .collect::<Result<_, _>>()?;
-    let raw: Vec<RawAml> = std::iter::once(&com1)
+    let raw: Vec<RawAml> = legacy
+        .iter()
         .chain(virtio.iter())
         .map(|bytes| RawAml(bytes))
         .collect();
@@ -378,6 +390,39 @@ fn serial_device() -> Vec<u8> {
             &aml::Name::new("_CRS".into(), &crs),
         ],
     ))
+}
+
+fn keyboard_device() -> Vec<u8> {
+    let data = one_port(layout::I8042_DATA_PORT);
+    let command = one_port(layout::I8042_COMMAND_PORT);
+    let irq = edge_high_interrupt(layout::I8042_KEYBOARD_GSI);
+    let crs = aml::ResourceTemplate::new(vec![&data, &command, &irq]);
+    let hid = aml::EISAName::new("PNP0303");
+    aml_bytes(&aml::Device::new(
+        "PS2K".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &hid),
+            &aml::Name::new("_CRS".into(), &crs),
+        ],
+    ))
+}
+
+fn pvpanic_device() -> Vec<u8> {
+    let port = one_port(layout::PVPANIC_PORT);
+    let crs = aml::ResourceTemplate::new(vec![&port]);
+    let hid = "QEMU0001";
+    aml_bytes(&aml::Device::new(
+        "PEVT".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &hid),
+            &aml::Name::new("_CRS".into(), &crs),
+        ],
+    ))
+}
+
+/// A one-byte I/O port resource.
+fn one_port(port: u16) -> aml::IO {
+    aml::IO::new(port, port, 0, 1)
 }
 
 fn virtio_mmio_device(index: usize, dev: &MmioDeviceInfo) -> Result<Vec<u8>, AcpiError> {

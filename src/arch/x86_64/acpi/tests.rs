@@ -3,7 +3,7 @@
 //! [`super::aml_reader`].
 
 use super::aml_reader::{
-    eisa_id_string, parse_dsdt, resources, u16_at, u32_at, u64_at, AmlValue, Resource,
+    eisa_id_string, parse_dsdt, resources, u16_at, u32_at, u64_at, AmlValue, Namespace, Resource,
     EDGE_HIGH_EXCLUSIVE_CONSUMER,
 };
 use super::*;
@@ -141,7 +141,8 @@ fn fadt_is_hardware_reduced_with_sleep_registers() {
     assert_ne!(iapc & (1 << 2), 0, "VGA not present");
     assert_ne!(iapc & (1 << 3), 0, "MSI not supported");
     assert_ne!(iapc & (1 << 5), 0, "CMOS RTC not present");
-    assert_eq!(iapc & 0b11, 0, "no legacy devices, no 8042 advertised");
+    assert_eq!(iapc & 1, 0, "no undescribed legacy devices");
+    assert_ne!(iapc & (1 << 1), 0, "8042 present");
 
     // No SCI, no PM timer, no PM1/GPE blocks.
     assert_eq!(u16_at(f, 46), 0, "SCI_INT");
@@ -350,6 +351,78 @@ fn dsdt_describes_com1() {
                 irqs: vec![layout::SERIAL_GSI]
             },
         ]
+    );
+}
+
+/// The devices whose `_HID` is `hid` (an EISA ID or a string), by path.
+fn devices_with_hid(ns: &Namespace, hid: &str) -> Vec<String> {
+    ns.devices
+        .iter()
+        .filter(|d| match ns.get(&format!("{d}._HID")) {
+            Some(AmlValue::Int(id)) => eisa_id_string(*id as u32) == hid,
+            Some(AmlValue::Str(id)) => id == hid,
+            _ => false,
+        })
+        .cloned()
+        .collect()
+}
+
+fn crs_of(ns: &Namespace, device: &str) -> Vec<Resource> {
+    let Some(AmlValue::Buffer(crs)) = ns.get(&format!("{device}._CRS")) else {
+        panic!("{device} has no _CRS buffer")
+    };
+    resources(crs)
+}
+
+fn one_port(port: u16) -> Resource {
+    Resource::Io {
+        decode16: true,
+        min: port,
+        max: port,
+        align: 0,
+        len: 1,
+    }
+}
+
+#[test]
+fn dsdt_describes_the_keyboard_controller_where_the_i8042_is() {
+    let mem = guest_memory();
+    let t = parse_tables(&mem, create_acpi_tables(&mem, 1, &devices(2)).unwrap());
+    let ns = parse_dsdt(&t.dsdt);
+    let keyboards = devices_with_hid(&ns, "PNP0303");
+    assert_eq!(keyboards.len(), 1);
+    // Linux's i8042 driver takes the data port from the first resource, the command port
+    // from the second, and the keyboard's interrupt.
+    assert_eq!(
+        crs_of(&ns, &keyboards[0]),
+        vec![
+            one_port(layout::I8042_DATA_PORT),
+            one_port(layout::I8042_COMMAND_PORT),
+            Resource::ExtendedIrq {
+                flags: EDGE_HIGH_EXCLUSIVE_CONSUMER,
+                irqs: vec![layout::I8042_KEYBOARD_GSI]
+            },
+        ]
+    );
+    assert_eq!(
+        u64::from(layout::I8042_COMMAND_PORT - layout::I8042_DATA_PORT),
+        crate::devices::legacy::i8042::COMMAND_OFFSET
+    );
+    // No mouse: the controller has no AUX port.
+    assert!(devices_with_hid(&ns, "PNP0F13").is_empty());
+}
+
+#[test]
+fn dsdt_describes_the_pvpanic_port() {
+    let mem = guest_memory();
+    let t = parse_tables(&mem, create_acpi_tables(&mem, 1, &[]).unwrap());
+    let ns = parse_dsdt(&t.dsdt);
+    let pvpanic = devices_with_hid(&ns, "QEMU0001");
+    assert_eq!(pvpanic.len(), 1);
+    assert!(pvpanic[0].starts_with("\\_SB_."));
+    assert_eq!(
+        crs_of(&ns, &pvpanic[0]),
+        vec![one_port(layout::PVPANIC_PORT)]
     );
 }
 
