@@ -5,7 +5,8 @@
 //! half way are all reached.
 //!
 //! Whatever the client sent, everything the server answers must be well-formed HTTP: a
-//! sequence of complete responses, each body a JSON object of its `Content-Length`.
+//! sequence of complete responses, each body a JSON object of its `Content-Length`, and
+//! none of them a 5xx, since the model VM never fails.
 //!
 //! Input: flags: u8 (bit 0: a balloon is attached; bits 1 to 3: its statistics, hinting
 //! and reporting features; bit 4: the client shuts its side down after the last chunk;
@@ -182,8 +183,10 @@ fn check_answers(mut answers: &[u8]) {
             ),
         };
         assert_eq!(response.version, Some(1));
+        // The model VM never fails, so neither may the server (a panic in a route, which
+        // the connection turns into 500, is a bug).
         let status = response.code.expect("a status code");
-        assert!((100..600).contains(&status), "status {status}");
+        assert!((100..500).contains(&status), "status {status}");
         let content_length = response
             .headers
             .iter()

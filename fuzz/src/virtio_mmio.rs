@@ -2,12 +2,15 @@
 //! behind it: reads and writes of any width at any offset (registers and config space),
 //! notifications by register and by the ioeventfd path, resets, guest memory changes, the
 //! API's calls and the statistics timer, in any order. After every step the identification
-//! registers must read as they always do and the status registers hold only valid bits.
+//! registers must read as they always do and the status registers hold only valid bits;
+//! after a reset the device must be stopped with no status and no interrupt pending.
 //!
 //! Input: one byte of offered balloon features, then steps until the data ends, each an
 //! opcode byte and its operands (see [`Step`]).
 
-use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
+use virtio_bindings::virtio_mmio::{
+    VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_STATUS,
+};
 use vmm::devices::virtio::balloon::{
     BalloonConfig, BalloonControl, BalloonFeatures, BalloonHandle,
 };
@@ -77,6 +80,9 @@ pub fn drive(data: &[u8]) -> Machine {
                 let width = WIDTHS[usize::from(input.u8() % 4)];
                 let value = input.u64();
                 machine.write(offset, width, value);
+                if (offset, width, value as u32) == (VIRTIO_MMIO_STATUS.into(), 4, 0) {
+                    check_reset(&mut machine);
+                }
             }
             Step::Read => {
                 let offset = u64::from(input.u16()) % MMIO_WINDOW_SIZE;
@@ -87,6 +93,9 @@ pub fn drive(data: &[u8]) -> Machine {
                 let register = REGISTERS[usize::from(input.u8()) % REGISTERS.len()];
                 let value = input.u32();
                 machine.write32(register, value);
+                if (register, value) == (VIRTIO_MMIO_STATUS, 0) {
+                    check_reset(&mut machine);
+                }
             }
             Step::Kick => {
                 let index = usize::from(input.u8());
@@ -124,6 +133,13 @@ pub fn drive(data: &[u8]) -> Machine {
         machine.check_registers();
     }
     machine
+}
+
+/// A reset leaves the device as the driver found it at boot.
+fn check_reset(machine: &mut Machine) {
+    assert_eq!(machine.read32(VIRTIO_MMIO_STATUS), 0);
+    assert_eq!(machine.read32(VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+    assert!(!lock(&machine.balloon).is_activated());
 }
 
 /// One of the API's calls on the balloon. Refusals are the API's answers, not failures.
