@@ -98,12 +98,14 @@ unit_tests() {
 }
 
 # The fuzz crate's own checks, then every target for FUZZ_SECONDS in a fresh corpus, so a
-# run depends only on what is committed. Each part reports its own counts.
+# run depends only on what is committed. Each part reports its own counts. The crate's lint
+# and test builds share the main target directory, where the earlier stages left most of
+# the dependencies built.
 fuzz_stage() {
     local status=0 corpus
     cargo fmt --check --manifest-path fuzz/Cargo.toml || status=$?
-    cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings || status=$?
-    cargo test --manifest-path fuzz/Cargo.toml || status=$?
+    CARGO_TARGET_DIR=$REPO/target cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings || status=$?
+    CARGO_TARGET_DIR=$REPO/target cargo test --manifest-path fuzz/Cargo.toml || status=$?
     corpus=$(mktemp -d)
     VMM_FUZZ_CORPUS=$corpus "$REPO/scripts/fuzz.sh" "$FUZZ_SECONDS" || status=$?
     rm -rf "$corpus"
