@@ -54,7 +54,7 @@ for target in "${targets[@]}"; do
     status=$?
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out" | tail -n1)
     # libFuzzer's last status line: "#N DONE cov: E ft: F corp: C/SIZE ...".
-    coverage=$(grep -a ' DONE ' "$out" | tail -n1 | sed -n 's/.*cov: \([0-9]*\).*corp: \([0-9]*\).*/\1 edges, corpus of \2/p')
+    coverage=$(grep -aE '[[:space:]]DONE[[:space:]]' "$out" | tail -n1 | sed -n 's/.*cov: \([0-9]*\).*corp: \([0-9]*\).*/\1 edges, corpus of \2/p')
     if ((status == 0)); then
         passed=$((passed + 1))
         summary+=("$target: ${runs:-?} runs in $seconds s (${coverage:-coverage unknown}), no crash")

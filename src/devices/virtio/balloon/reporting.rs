@@ -11,9 +11,9 @@
 //! and the guest would report corruption; then the device returns the chains without
 //! freeing anything (see `docs/balloon.md`).
 //!
-//! One notification frees at most as many bytes as guest RAM holds (see `budget`): a real
-//! driver's chain is at most 32 distinct free blocks, all in RAM. Ranges past that are
-//! left alone and their chains returned, since the driver waits for each one.
+//! One notification takes at most as many bytes of reported ranges as guest RAM holds (see
+//! `budget`): a real driver's chain is at most 32 distinct free blocks, all in RAM. Ranges
+//! past that are left alone and their chains returned, since the driver waits for each.
 
 use virtio_queue::Queue;
 use vm_memory::Address;
