@@ -3,9 +3,24 @@
 # packages (as root). Idempotent: installs only what is missing, and refreshes the package
 # lists only when they are missing or a day old (scripts/guest-kernel.sh resolves the
 # current guest kernel from them).
+#
+#   scripts/install-deps.sh          the Debian packages
+#   scripts/install-deps.sh --fuzz   and cargo-fuzz, for scripts/fuzz.sh (from crates.io,
+#                                    pinned; about 75 s of CPU to build, once)
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
+
+# The cargo-fuzz that scripts/fuzz.sh and CI use; `cargo install --locked` builds it with
+# the dependency versions it was released with.
+CARGO_FUZZ_VERSION=0.13.2
+
+fuzz=0
+case ${1:-} in
+--fuzz) fuzz=1 ;;
+"") ;;
+*) die "usage: $0 [--fuzz]" ;;
+esac
 
 PACKAGES=(
     qemu-system-x86 # L1 for nested runs; the KVM probe
@@ -17,6 +32,7 @@ PACKAGES=(
     xz-utils zstd   # compressed kernel modules, should a kernel ship them
     curl socat      # talking to the API socket by hand and in tests
     tmux            # a real terminal for tests/console_host.rs
+    g++             # libFuzzer, which cargo fuzz builds (scripts/fuzz.sh)
 )
 
 missing=()
@@ -44,3 +60,11 @@ else
     fi
 fi
 log "all packages present"
+
+if ((fuzz)); then
+    if [[ $(cargo fuzz --version 2>/dev/null) != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+        log "cargo install cargo-fuzz $CARGO_FUZZ_VERSION"
+        cargo install --quiet --locked --version "$CARGO_FUZZ_VERSION" cargo-fuzz
+    fi
+    log "cargo-fuzz $CARGO_FUZZ_VERSION present"
+fi

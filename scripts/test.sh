@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # THE test command: every check the project has, in one run.
 #
-#   scripts/test.sh            format, lints, unit and integration tests, then boot tests
+#   scripts/test.sh            format, lints, unit and integration tests, a short fuzzing
+#                              run of every fuzz target, then boot tests
 #   scripts/test.sh --no-boot  the same without booting guests
+#   scripts/test.sh --no-fuzz  the same without fuzzing (both flags may be given)
 #
 # First makes sure the Debian packages it needs are there (scripts/install-deps.sh, which
-# installs what is missing when run as root and only checks otherwise). Every stage
+# installs what is missing when run as root and only checks otherwise), and cargo-fuzz
+# when it fuzzes (`--fuzz`, a pinned version from crates.io). Every stage
 # runs even if an earlier one failed, so one run shows every problem; the exit status is
 # non-zero if any stage failed. Boot tests run directly where KVM works and inside a nested
 # KVM host where it does not (scripts/boot-tests.sh, docs/testing.md).
@@ -14,17 +17,25 @@ set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
 boot=1
-case ${1:-} in
---no-boot) boot=0 ;;
-"") ;;
-*) die "usage: $0 [--no-boot]" ;;
-esac
+fuzz=1
+for arg in "$@"; do
+    case $arg in
+    --no-boot) boot=0 ;;
+    --no-fuzz) fuzz=0 ;;
+    *) die "usage: $0 [--no-boot] [--no-fuzz]" ;;
+    esac
+done
+# Seconds each fuzz target runs (from the committed seeds and kept crashers).
+FUZZ_SECONDS=${VMM_FUZZ_SECONDS:-20}
 
 check_prerequisites() {
     local missing=() c
     for c in cargo rustfmt cargo-clippy jq tmux; do
         command -v "$c" >/dev/null 2>&1 || missing+=("$c")
     done
+    if ((fuzz)); then
+        command -v cargo-fuzz >/dev/null 2>&1 || missing+=(cargo-fuzz)
+    fi
     if ((boot)); then
         for c in qemu-system-x86_64 busybox cpio gzip gcc readelf objcopy apt-get apt-cache dpkg-deb timeout; do
             command -v "$c" >/dev/null 2>&1 || missing+=("$c")
@@ -86,9 +97,26 @@ unit_tests() {
     return "$status"
 }
 
+# The fuzz crate's own checks, then every target for FUZZ_SECONDS in a fresh corpus, so a
+# run depends only on what is committed. Each part reports its own counts. The crate's lint
+# and test builds share the main target directory, where the earlier stages left most of
+# the dependencies built.
+fuzz_stage() {
+    local status=0 corpus
+    cargo fmt --check --manifest-path fuzz/Cargo.toml || status=$?
+    CARGO_TARGET_DIR=$REPO/target cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings || status=$?
+    CARGO_TARGET_DIR=$REPO/target cargo test --manifest-path fuzz/Cargo.toml || status=$?
+    corpus=$(mktemp -d)
+    VMM_FUZZ_CORPUS=$corpus "$REPO/scripts/fuzz.sh" "$FUZZ_SECONDS" || status=$?
+    rm -rf "$corpus"
+    return "$status"
+}
+
 main() {
     cd "$REPO" || exit 1
-    bash "$REPO/scripts/install-deps.sh" || exit 1
+    local deps_args=()
+    ((fuzz)) && deps_args+=(--fuzz)
+    bash "$REPO/scripts/install-deps.sh" "${deps_args[@]}" || exit 1
     check_prerequisites
     local started=$SECONDS logs
     LOGS=$(mktemp -d)
@@ -99,6 +127,10 @@ main() {
     run_stage clippy "$logs/clippy" cargo clippy --all-targets --all-features -- -D warnings
     run_stage tests "$logs/tests" unit_tests
     count_tests "$logs/tests" '^ *Summary .* tests? run:|^test result:'
+    if ((fuzz)); then
+        run_stage fuzz "$logs/fuzz" fuzz_stage
+        count_tests "$logs/fuzz" '^test result:|^fuzz targets: [0-9]'
+    fi
     local mode="not run"
     if ((boot)); then
         run_stage "boot tests" "$logs/boot" "$REPO/scripts/boot-tests.sh"

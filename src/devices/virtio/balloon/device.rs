@@ -10,11 +10,11 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::config::ConfigSpace;
-use super::hinting::{process_hinting, HintingState};
-use super::inflate::{process_deflate, process_inflate};
+use super::hinting::{process_hinting, HintingOutcome, HintingState};
+use super::inflate::{process_deflate, process_inflate, DeflateOutcome, InflateOutcome};
 use super::layout::{QueueLayout, QueueRole};
 use super::ranges::DiscardOutcome;
-use super::reporting::process_reporting;
+use super::reporting::{process_reporting, ReportingOutcome};
 use super::stats::StatsState;
 use super::warnings::{Warning, Warnings};
 use super::{
@@ -39,7 +39,8 @@ pub enum BalloonSetupError {
     Timer(#[source] std::io::Error),
 }
 
-/// Running totals of what the guest gave and what went back to the host.
+/// Running totals of what the guest gave and what went back to the host. The guest
+/// drives every one of them, so they saturate at `u64::MAX` rather than wrap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BalloonCounters {
     /// Pages the guest put in the balloon (each distinct page of a notification once).
@@ -60,10 +61,31 @@ pub struct BalloonCounters {
 }
 
 impl BalloonCounters {
+    fn count_inflate(&mut self, outcome: &InflateOutcome) {
+        self.inflated_pages = self.inflated_pages.saturating_add(outcome.pages);
+        let offered = outcome.pages.saturating_mul(BALLOON_PAGE_SIZE);
+        self.count_discard(offered, &outcome.discard);
+    }
+
+    fn count_deflate(&mut self, outcome: &DeflateOutcome) {
+        self.deflated_pages = self.deflated_pages.saturating_add(outcome.pages);
+    }
+
+    fn count_hinting(&mut self, outcome: &HintingOutcome) {
+        self.hinted_bytes = self.hinted_bytes.saturating_add(outcome.hinted);
+        self.count_discard(outcome.hinted, &outcome.discard);
+    }
+
+    fn count_reporting(&mut self, outcome: &ReportingOutcome) {
+        self.reported_bytes = self.reported_bytes.saturating_add(outcome.reported);
+        self.count_discard(outcome.reported, &outcome.discard);
+    }
+
     fn count_discard(&mut self, offered: u64, outcome: &DiscardOutcome) {
-        self.discarded_bytes += outcome.discarded;
-        self.discard_calls += outcome.calls;
-        self.kept_bytes += offered.saturating_sub(outcome.discarded);
+        self.discarded_bytes = self.discarded_bytes.saturating_add(outcome.discarded);
+        self.discard_calls = self.discard_calls.saturating_add(outcome.calls);
+        let kept = offered.saturating_sub(outcome.discarded);
+        self.kept_bytes = self.kept_bytes.saturating_add(kept);
     }
 }
 
@@ -251,6 +273,12 @@ impl Balloon {
             && self.poison_val != 0
     }
 
+    /// Puts the running totals where a test wants them, such as next to `u64::MAX`.
+    #[cfg(test)]
+    pub(super) fn set_counters(&mut self, counters: BalloonCounters) {
+        self.counters = counters;
+    }
+
     #[cfg(test)]
     pub(super) fn warning_count(&self, warning: Warning) -> u64 {
         self.warnings.count(warning)
@@ -326,27 +354,24 @@ impl Balloon {
         let returned = match role {
             QueueRole::Inflate => {
                 let out = process_inflate(queue, mem, warnings);
-                counters.inflated_pages += out.pages;
-                counters.count_discard(out.pages * BALLOON_PAGE_SIZE, &out.discard);
+                counters.count_inflate(&out);
                 out.returned
             }
             QueueRole::Deflate => {
                 let out = process_deflate(queue, mem, warnings);
-                counters.deflated_pages += out.pages;
+                counters.count_deflate(&out);
                 out.returned
             }
             QueueRole::Stats => self.stats.process_queue(queue, mem, warnings),
             QueueRole::FreePageHint => {
                 let out = process_hinting(&mut self.hinting, queue, mem, warnings);
-                counters.hinted_bytes += out.hinted;
-                counters.count_discard(out.hinted, &out.discard);
+                counters.count_hinting(&out);
                 config_changed = out.config_changed;
                 out.returned
             }
             QueueRole::Reporting => {
                 let out = process_reporting(queue, mem, may_discard_reports, warnings);
-                counters.reported_bytes += out.reported;
-                counters.count_discard(out.reported, &out.discard);
+                counters.count_reporting(&out);
                 out.returned
             }
         };

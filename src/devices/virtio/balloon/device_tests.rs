@@ -1069,3 +1069,181 @@ fn notifications_for_queues_that_do_not_exist_are_ignored() {
     );
     assert_eq!(bench.interrupt.queue(), 0);
 }
+
+/// `count` descriptors of 2 MiB, all naming the same 2 MiB of RAM, in one chain.
+fn same_block_everywhere(count: usize) -> Vec<Desc> {
+    vec![Desc::Write(DATA_AREA, 2 * MIB as u32); count]
+}
+
+#[test]
+fn one_reporting_notification_frees_at_most_a_guest_ram_worth_of_bytes() {
+    let bench_ram = ram();
+    let mut bench = Bench::parse(&bench_ram, "page-reporting");
+    bench.activate().unwrap();
+    let blocks_in_budget = GUEST_MEM / (2 * MIB);
+    // Twice the budget in one chain, then a chain past it.
+    bench.add_chain(2, &same_block_everywhere(2 * blocks_in_budget as usize));
+    bench.fill(DATA_AREA + 2 * MIB, 2 * MIB, 0x5a);
+    bench.add_chain(2, &[Desc::Write(DATA_AREA + 2 * MIB, 2 * MIB as u32)]);
+    bench.notify(2);
+    let counters = bench.balloon.counters();
+    assert_eq!(counters.reported_bytes, GUEST_MEM);
+    assert_eq!(counters.discard_calls, blocks_in_budget);
+    assert!(
+        bench.holds(DATA_AREA + 2 * MIB, 2 * MIB, 0x5a),
+        "freed past the budget"
+    );
+    assert_eq!(bench.used_count(2), 2, "every chain still goes back");
+    assert_eq!(bench.interrupt.queue(), 1);
+    assert_eq!(
+        bench.balloon.warning_count(Warning::FreeRangesOverBudget),
+        1
+    );
+    // The budget is per notification: the next one is served.
+    bench.add_chain(2, &[Desc::Write(DATA_AREA + 2 * MIB, 2 * MIB as u32)]);
+    bench.notify(2);
+    assert!(bench.holds(DATA_AREA + 2 * MIB, 2 * MIB, 0));
+    assert_eq!(bench.used_count(2), 3);
+    assert_eq!(bench.balloon.counters().reported_bytes, GUEST_MEM + 2 * MIB);
+}
+
+#[test]
+fn huge_and_looping_reports_are_cut_by_the_budget() {
+    let bench_ram = ram();
+    let mut bench = Bench::parse(&bench_ram, "page-reporting");
+    bench.activate().unwrap();
+    // 4 GiB from inside RAM: only a RAM's worth counts, and what lies outside RAM is
+    // skipped.
+    bench.add_chain(2, &[Desc::Write(DATA_AREA, u32::MAX)]);
+    bench.notify(2);
+    let counters = bench.balloon.counters();
+    assert_eq!(counters.reported_bytes, GUEST_MEM);
+    assert_eq!(counters.discarded_bytes, GUEST_MEM - DATA_AREA);
+    assert_eq!(bench.used_count(2), 1);
+    assert_eq!(bench.balloon.warning_count(Warning::BufferOutsideRam), 1);
+
+    // A descriptor that chains to itself yields a queue's worth of the same 2 MiB
+    // (virtio-queue stops a chain there), eight times the budget.
+    let looping = virtio_queue::desc::RawDescriptor::from(
+        virtio_queue::desc::split::Descriptor::new(DATA_AREA, 2 * MIB as u32, 1 | 2, 1),
+    );
+    bench.mock(2).add_desc_chains(&[looping], 1).unwrap();
+    bench.notify(2);
+    let counters = bench.balloon.counters();
+    assert_eq!(counters.reported_bytes, 2 * GUEST_MEM);
+    assert_eq!(bench.used_count(2), 2);
+    assert_eq!(
+        bench.balloon.warning_count(Warning::FreeRangesOverBudget),
+        2
+    );
+}
+
+#[test]
+fn one_hinting_notification_takes_at_most_a_guest_ram_worth_of_bytes_but_every_command() {
+    let bench_ram = ram();
+    let mut bench = Bench::parse(&bench_ram, "free-page-hint");
+    bench.activate().unwrap();
+    bench.balloon.start_hinting(true).unwrap();
+    let id = bench.balloon.hinting_status().unwrap().host_cmd;
+    send_cmd(&mut bench, id);
+    // In one notification: hints of twice guest RAM, then the guest's STOP.
+    let blocks = 2 * GUEST_MEM / (2 * MIB);
+    bench.add_chain(2, &same_block_everywhere(blocks as usize));
+    let stop = bench.buffer(&FREE_PAGE_HINT_CMD_ID_STOP.to_le_bytes());
+    bench.add_chain(2, &[Desc::Read(stop, 4)]);
+    bench.notify(2);
+    let counters = bench.balloon.counters();
+    assert_eq!(counters.hinted_bytes, GUEST_MEM);
+    assert_eq!(counters.discard_calls, GUEST_MEM / (2 * MIB));
+    assert_eq!(
+        bench.balloon.warning_count(Warning::FreeRangesOverBudget),
+        1
+    );
+    // The STOP past the budget still ended the run, so the guest gets its DONE.
+    assert_eq!(
+        read_config_u32(&bench.balloon, 8),
+        FREE_PAGE_HINT_CMD_ID_DONE
+    );
+    assert_eq!(
+        bench.interrupt.config(),
+        2,
+        "start, then the automatic DONE"
+    );
+    assert_eq!(bench.used_count(2), 3, "every buffer comes back");
+}
+
+#[test]
+fn buffers_whose_address_plus_length_wraps_are_skipped_on_every_queue() {
+    let bench_ram = ram();
+    let mut bench = Bench::parse(&bench_ram, "stats=0,free-page-hint,page-reporting");
+    bench.activate().unwrap();
+    let near_top = u64::MAX - 0xfff;
+    for role in [
+        QueueRole::Inflate,
+        QueueRole::Deflate,
+        QueueRole::Stats,
+        QueueRole::FreePageHint,
+        QueueRole::Reporting,
+    ] {
+        let index = bench.index(role);
+        let desc = match role {
+            QueueRole::Inflate | QueueRole::Deflate | QueueRole::Stats => {
+                Desc::Read(near_top, 0x2000)
+            }
+            QueueRole::FreePageHint | QueueRole::Reporting => Desc::Write(near_top, 0x2000),
+        };
+        bench.add_chain(index, &[desc]);
+        if role == QueueRole::FreePageHint {
+            // A command ID that wraps too.
+            bench.add_chain(index, &[Desc::Read(u64::MAX - 1, 4)]);
+        }
+        bench.notify(index);
+        let expected = if role == QueueRole::FreePageHint {
+            2
+        } else {
+            1
+        };
+        assert_eq!(bench.used_count(index), expected, "{role:?}");
+    }
+    let counters = bench.balloon.counters();
+    assert_eq!(counters.inflated_pages, 0);
+    assert_eq!(counters.reported_bytes, 0);
+    assert_eq!(counters.hinted_bytes, 0);
+    assert_eq!(counters.discard_calls, 0);
+    assert_eq!(bench.balloon.statistics().unwrap().last_update_age_ms, None);
+    assert_eq!(bench.balloon.hinting_status().unwrap().guest_cmd, None);
+}
+
+#[test]
+fn counters_stop_at_the_top_instead_of_wrapping() {
+    let bench_ram = ram();
+    let mut bench = Bench::parse(&bench_ram, "free-page-hint,page-reporting");
+    bench.activate().unwrap();
+    let top = BalloonCounters {
+        inflated_pages: u64::MAX,
+        deflated_pages: u64::MAX - 1,
+        reported_bytes: u64::MAX - PAGE,
+        hinted_bytes: u64::MAX,
+        discarded_bytes: u64::MAX - 1,
+        kept_bytes: u64::MAX,
+        discard_calls: u64::MAX,
+    };
+    bench.balloon.set_counters(top);
+    probe(&mut bench, QueueRole::Inflate);
+    bench.add_readable(1, &pfn_bytes(&pfns_of(DATA_AREA, 4)));
+    bench.notify(1);
+    probe(&mut bench, QueueRole::Reporting);
+    probe(&mut bench, QueueRole::FreePageHint);
+    assert_eq!(
+        bench.balloon.counters(),
+        BalloonCounters {
+            inflated_pages: u64::MAX,
+            deflated_pages: u64::MAX,
+            reported_bytes: u64::MAX,
+            hinted_bytes: u64::MAX,
+            discarded_bytes: u64::MAX,
+            kept_bytes: u64::MAX,
+            discard_calls: u64::MAX,
+        }
+    );
+}

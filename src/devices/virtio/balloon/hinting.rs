@@ -12,15 +12,21 @@
 //!
 //! Hints are freed only while the guest's command ID is the host's current one, so blocks
 //! from an older run, or sent after DONE, are left alone.
+//!
+//! One notification takes at most as many bytes of hinted blocks as guest RAM holds (see
+//! `budget`); blocks past that are left alone and returned. Command IDs are read whatever
+//! the budget says: a STOP that went unread would leave the run, and the guest's hold on
+//! its blocks, without an end.
 
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes};
 
+use super::budget::Budget;
 use super::chains::{give_back, take_available};
 use super::ranges::{discard_free_range, whole_pages, DiscardOutcome};
 use super::warnings::{Warning, Warnings};
 use super::{HintingStatus, FREE_PAGE_HINT_CMD_ID_DONE, FREE_PAGE_HINT_CMD_ID_STOP};
-use crate::memory::GuestMemoryMmap;
+use crate::memory::{ram_size, GuestMemoryMmap};
 
 /// The first command ID that starts a run; 0 and 1 are STOP and DONE.
 const FIRST_RUN_CMD_ID: u32 = 2;
@@ -134,6 +140,7 @@ pub(super) fn process_hinting(
     let mut outcome = HintingOutcome::default();
     let chains = take_available(queue, mem, warnings);
     let mut heads = Vec::with_capacity(chains.len());
+    let mut budget = Budget::new(ram_size(mem));
     for chain in chains {
         heads.push(chain.head_index());
         for desc in chain {
@@ -167,16 +174,29 @@ pub(super) fn process_hinting(
             let Some((start, pages_len)) = whole_pages(addr, len) else {
                 continue;
             };
-            outcome.hinted += pages_len;
+            let granted = budget.grant(pages_len);
+            if granted == 0 {
+                continue;
+            }
+            outcome.hinted = outcome.hinted.saturating_add(granted);
             if state.may_discard() {
                 outcome.discard.absorb(discard_free_range(
                     mem,
-                    (start, pages_len),
+                    (start, granted),
                     ("hinted", addr, len),
                     warnings,
                 ));
             }
         }
+    }
+    if budget.exceeded() {
+        warnings.warn(
+            Warning::FreeRangesOverBudget,
+            format_args!(
+                "free_page_vq: at most {} bytes per notification",
+                ram_size(mem)
+            ),
+        );
     }
     outcome.returned = give_back(queue, mem, &heads, warnings);
     outcome

@@ -12,6 +12,7 @@
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes};
 
+use super::budget::Budget;
 use super::chains::{give_back, take_available};
 use super::ranges::{discard_in_ram, merge_pfns, DiscardOutcome};
 use super::warnings::{Warning, Warnings};
@@ -24,33 +25,6 @@ const READ_CHUNK_PFNS: u64 = 4096;
 /// PFNs gathered before they are merged and discarded, bounding the device's memory
 /// whatever buffer sizes the guest claims (256 KiB of PFNs, 256 MiB of guest pages).
 const FLUSH_PFNS: usize = 64 * 1024;
-
-/// How many PFNs one notification may still have read: as many as guest RAM has pages.
-/// A driver never needs more at once (Linux sends 256 per buffer and waits for each), but a
-/// hostile one can chain up to 4 GiB of PFNs per buffer, a queue's worth of buffers per
-/// notification, and would hold the device (and the transport's lock) for hours.
-struct PfnBudget {
-    left: u64,
-    exceeded: bool,
-}
-
-impl PfnBudget {
-    fn for_ram(mem: &GuestMemoryMmap) -> PfnBudget {
-        PfnBudget {
-            left: ram_size(mem) / BALLOON_PAGE_SIZE,
-            exceeded: false,
-        }
-    }
-
-    /// How many of the `wanted` PFNs may be read; fewer, down to 0, once the budget is
-    /// spent, and then it is marked exceeded.
-    fn grant(&mut self, wanted: u64) -> u64 {
-        let granted = wanted.min(self.left);
-        self.left -= granted;
-        self.exceeded |= granted < wanted;
-        granted
-    }
-}
 
 /// What one round of a queue did.
 #[derive(Debug, Default)]
@@ -72,10 +46,11 @@ pub(super) fn process_inflate(
     let chains = take_available(queue, mem, warnings);
     let mut heads = Vec::with_capacity(chains.len());
     let mut pfns: Vec<u32> = Vec::new();
-    let mut budget = PfnBudget::for_ram(mem);
+    // As many PFNs as guest RAM has pages (see `budget`).
+    let mut budget = Budget::new(ram_size(mem) / BALLOON_PAGE_SIZE);
     for chain in chains {
         heads.push(chain.head_index());
-        if budget.exceeded {
+        if budget.exceeded() {
             continue;
         }
         for desc in chain {
@@ -118,12 +93,12 @@ pub(super) fn process_inflate(
                     discard_pfns(mem, &mut pfns, &mut outcome, warnings);
                 }
             }
-            if budget.exceeded {
+            if budget.exceeded() {
                 break;
             }
         }
     }
-    if budget.exceeded {
+    if budget.exceeded() {
         warnings.warn(
             Warning::TooManyPfns,
             format_args!(
@@ -144,7 +119,7 @@ fn discard_pfns(
     warnings: &mut Warnings,
 ) {
     let runs = merge_pfns(pfns);
-    outcome.pages += pfns.len() as u64;
+    outcome.pages = outcome.pages.saturating_add(pfns.len() as u64);
     pfns.clear();
     for run in runs {
         let result = discard_in_ram(mem, run.addr(), run.len());
@@ -180,10 +155,10 @@ pub(super) fn process_deflate(
     let mut pages = 0u64;
     for chain in chains {
         heads.push(chain.head_index());
-        pages += chain
+        pages = chain
             .filter(|d| !d.is_write_only())
             .map(|d| u64::from(d.len()) / PFN_BYTES)
-            .sum::<u64>();
+            .fold(pages, u64::saturating_add);
     }
     DeflateOutcome {
         returned: give_back(queue, mem, &heads, warnings),

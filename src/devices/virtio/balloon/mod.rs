@@ -10,6 +10,7 @@
 //! - `device`: [`Balloon`], the [`VirtioDevice`](super::VirtioDevice) state machine.
 //! - `inflate`, `stats`, `reporting`, `hinting`: what each queue does with its buffers.
 //! - `ranges`: PFN merging and discarding guest ranges that may straddle RAM regions.
+//! - `budget`: how much work one notification may cause, so none holds the device for long.
 //! - `handle`: [`BalloonHandle`], the running balloon behind [`BalloonControl`].
 //! - `chains`, `warnings`: taking buffers off a queue and giving them back; logging a
 //!   misbehaving guest once per kind of fault.
@@ -17,6 +18,7 @@
 //! `docs/balloon.md` explains the protocol decisions (queue numbering, page poison,
 //! hinting) at length.
 
+mod budget;
 mod chains;
 pub mod config;
 mod device;

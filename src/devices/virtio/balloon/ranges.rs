@@ -78,12 +78,12 @@ pub(super) struct DiscardOutcome {
 }
 
 impl DiscardOutcome {
-    /// Adds another outcome's counts to this one.
+    /// Adds another outcome's counts to this one (saturating: the guest drives them).
     pub fn absorb(&mut self, other: DiscardOutcome) {
-        self.discarded += other.discarded;
-        self.outside_ram += other.outside_ram;
-        self.failed += other.failed;
-        self.calls += other.calls;
+        self.discarded = self.discarded.saturating_add(other.discarded);
+        self.outside_ram = self.outside_ram.saturating_add(other.outside_ram);
+        self.failed = self.failed.saturating_add(other.failed);
+        self.calls = self.calls.saturating_add(other.calls);
         self.first_outside = self.first_outside.or(other.first_outside);
         if self.first_error.is_none() {
             self.first_error = other.first_error;

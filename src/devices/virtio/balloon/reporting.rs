@@ -10,14 +10,19 @@
 //! negotiated with a non-zero `poison_val`), a discarded page would come back as zeros
 //! and the guest would report corruption; then the device returns the chains without
 //! freeing anything (see `docs/balloon.md`).
+//!
+//! One notification takes at most as many bytes of reported ranges as guest RAM holds (see
+//! `budget`): a real driver's chain is at most 32 distinct free blocks, all in RAM. Ranges
+//! past that are left alone and their chains returned, since the driver waits for each.
 
 use virtio_queue::Queue;
 use vm_memory::Address;
 
+use super::budget::Budget;
 use super::chains::{give_back, take_available};
 use super::ranges::{discard_free_range, whole_pages, DiscardOutcome};
 use super::warnings::{Warning, Warnings};
-use crate::memory::GuestMemoryMmap;
+use crate::memory::{ram_size, GuestMemoryMmap};
 
 /// What one round of reporting_vq did.
 #[derive(Debug, Default)]
@@ -39,8 +44,12 @@ pub(super) fn process_reporting(
     let mut outcome = ReportingOutcome::default();
     let chains = take_available(queue, mem, warnings);
     let mut heads = Vec::with_capacity(chains.len());
+    let mut budget = Budget::new(ram_size(mem));
     for chain in chains {
         heads.push(chain.head_index());
+        if budget.exceeded() {
+            continue;
+        }
         for desc in chain {
             let addr = desc.addr().raw_value();
             let len = u64::from(desc.len());
@@ -64,16 +73,29 @@ pub(super) fn process_reporting(
                     format_args!("{addr:#x}+{len:#x}"),
                 );
             }
-            outcome.reported += pages_len;
+            let granted = budget.grant(pages_len);
+            if granted == 0 {
+                break;
+            }
+            outcome.reported = outcome.reported.saturating_add(granted);
             if may_discard {
                 outcome.discard.absorb(discard_free_range(
                     mem,
-                    (start, pages_len),
+                    (start, granted),
                     ("reported", addr, len),
                     warnings,
                 ));
             }
         }
+    }
+    if budget.exceeded() {
+        warnings.warn(
+            Warning::FreeRangesOverBudget,
+            format_args!(
+                "reporting_vq: at most {} bytes per notification",
+                ram_size(mem)
+            ),
+        );
     }
     outcome.returned = give_back(queue, mem, &heads, warnings);
     outcome

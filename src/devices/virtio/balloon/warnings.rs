@@ -23,6 +23,7 @@ pub(super) enum Warning {
     PfnOutsideRam,
     PfnBufferLength,
     TooManyPfns,
+    FreeRangesOverBudget,
     DiscardFailed,
     StatsOversized,
     StatsLength,
@@ -36,7 +37,7 @@ pub(super) enum Warning {
 }
 
 impl Warning {
-    const ALL: [Warning; 22] = [
+    const ALL: [Warning; 23] = [
         Warning::NotifiedBeforeActivation,
         Warning::NotifiedUnknownQueue,
         Warning::NotifiedUnusedQueue,
@@ -49,6 +50,7 @@ impl Warning {
         Warning::PfnOutsideRam,
         Warning::PfnBufferLength,
         Warning::TooManyPfns,
+        Warning::FreeRangesOverBudget,
         Warning::DiscardFailed,
         Warning::StatsOversized,
         Warning::StatsLength,
@@ -92,6 +94,9 @@ impl Warning {
             }
             Warning::TooManyPfns => {
                 "one inflate notification listed more PFNs than guest RAM has pages; the rest are ignored"
+            }
+            Warning::FreeRangesOverBudget => {
+                "one notification offered more free memory than guest RAM holds; the rest was returned untouched"
             }
             Warning::DiscardFailed => "giving guest memory back to the host failed",
             Warning::StatsOversized => "a statistics buffer is too large; returned unread",
