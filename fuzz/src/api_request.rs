@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use vmm::api::connection::{Connection, ServerLimits};
-use vmm::api::{VmControl, VmInfo};
+use vmm::api::{VmControl, VmInfo, VmRequestError};
 use vmm::devices::virtio::balloon::{
     Balloon, BalloonConfig, BalloonControl, BalloonFeatures, BalloonHandle,
 };
@@ -41,15 +41,28 @@ const MAX_DRAIN_ROUNDS: usize = 64;
 struct ModelVm {
     balloon: Option<Arc<dyn BalloonControl>>,
     shutdown: AtomicBool,
+    paused: AtomicBool,
+}
+
+impl ModelVm {
+    fn refuse_if_stopping(&self) -> Result<(), VmRequestError> {
+        if self.shutdown.load(Ordering::Relaxed) {
+            return Err(VmRequestError::Conflict("the VM is stopping".into()));
+        }
+        Ok(())
+    }
 }
 
 impl VmControl for ModelVm {
     fn info(&self) -> VmInfo {
         VmInfo {
+            id: "fuzz".to_string(),
             vcpus: 1,
             memory_bytes: MEMORY,
             state: if self.shutdown.load(Ordering::Relaxed) {
                 "Stopping"
+            } else if self.paused.load(Ordering::Relaxed) {
+                "Paused"
             } else {
                 "Running"
             },
@@ -63,6 +76,22 @@ impl VmControl for ModelVm {
 
     fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    fn pause(&self) -> Result<(), VmRequestError> {
+        self.refuse_if_stopping()?;
+        self.paused.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn resume(&self) -> Result<(), VmRequestError> {
+        self.refuse_if_stopping()?;
+        self.paused.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn send_ctrl_alt_del(&self) -> Result<(), VmRequestError> {
+        self.refuse_if_stopping()
     }
 }
 
@@ -85,6 +114,7 @@ fn model_vm(flags: u8) -> ModelVm {
     ModelVm {
         balloon,
         shutdown: AtomicBool::new(false),
+        paused: AtomicBool::new(false),
     }
 }
 
