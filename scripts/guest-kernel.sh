@@ -8,6 +8,10 @@
 #   $CACHE_DIR/kernel.pkg               the package they came from
 #
 # Idempotent: does nothing when the cache already holds the package apt resolves to.
+#
+# `guest-kernel.sh --minimal` builds the minimal kernel instead (everything built in,
+# virtio-mmio devices from the command line): see scripts/guest-kernel-minimal.sh.
+#
 # Environment: VMM_CACHE_DIR (default $REPO/.cache/guest), VMM_GUEST_KERNEL_PKG (a
 # linux-image-* package name to use instead of the one linux-image-cloud-amd64 depends on).
 set -euo pipefail
@@ -97,6 +101,11 @@ write_order() {
 }
 
 main() {
+    case ${1:-} in
+    --minimal) exec "$REPO/scripts/guest-kernel-minimal.sh" ;;
+    "") ;;
+    *) die "usage: $0 [--minimal]" ;;
+    esac
     local pkg
     pkg=$(resolve_pkg)
     if [[ -z $pkg ]]; then

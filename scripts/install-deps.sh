@@ -16,6 +16,9 @@ PACKAGES=(
     jq              # reading cargo's JSON messages
     xz-utils zstd   # compressed kernel modules, should a kernel ship them
     curl socat      # talking to the API socket by hand and in tests
+    # The minimal guest kernel (scripts/guest-kernel.sh --minimal): Debian's kernel source
+    # and what building a kernel without modules needs.
+    linux-source-6.1 make bc bison flex libelf-dev
 )
 
 missing=()
