@@ -3,11 +3,12 @@
 #
 #   scripts/boot-tests.sh [LIBTEST-ARGS...]      e.g. scripts/boot-tests.sh guest_poweroff
 #
-# Builds the guest kernel and initramfs, picks the mode (VMM_TEST_MODE=direct|nested, else
-# scripts/kvm-probe.sh decides), then runs every integration test binary with `--ignored`,
-# one test at a time: on this machine directly, or inside one nested KVM host (L1) under
-# QEMU's TCG. Arguments are passed to each test binary (a name filter, --exact, ...).
-# Ends with `boot tests: N passed, M failed`; fails if any failed or none ran.
+# Builds the guest kernels (the stock one and the minimal one) and the initramfs, picks the
+# mode (VMM_TEST_MODE=direct|nested, else scripts/kvm-probe.sh decides), then runs every
+# integration test binary with `--ignored`, one test at a time: on this machine directly,
+# or inside one nested KVM host (L1) under QEMU's TCG. Arguments are passed to each test
+# binary (a name filter, --exact, ...). Ends with `boot tests: N passed, M failed`; fails
+# if any failed or none ran.
 #
 # Environment: VMM_TEST_MODE, VMM_BIN (direct mode only: another vmm binary), the
 # VMM_TEST_* and VMM_L1_* variables of docs/testing.md, VMM_L1_RUNS (L1s that may be
@@ -28,6 +29,7 @@ run_direct() {
     ((${#tests[@]})) || die "cargo built no integration test binary"
     log "running ${#tests[@]} test binaries directly with $vmm"
     VMM_BIN=$vmm VMM_GUEST_KERNEL=$CACHE_DIR/vmlinuz \
+        VMM_GUEST_MINIMAL_KERNEL=$CACHE_DIR/vmlinuz-minimal \
         VMM_GUEST_INITRD=$CACHE_DIR/initramfs.cpio.gz RUST_BACKTRACE=${RUST_BACKTRACE:-1} \
         "$REPO/scripts/run-test-binaries.sh" "${tests[@]}" -- "$@"
 }
@@ -61,12 +63,14 @@ run_nested() {
     done <<<"$artifacts"
     [[ -x $payload/vmm ]] || die "cargo built no vmm binary"
     ((${#names[@]})) || die "cargo built no integration test binary"
-    cp "$CACHE_DIR/vmlinuz" "$CACHE_DIR/initramfs.cpio.gz" "$payload/"
+    cp "$CACHE_DIR/vmlinuz" "$CACHE_DIR/vmlinuz-minimal" "$CACHE_DIR/initramfs.cpio.gz" \
+        "$payload/"
     install -m 0755 "$REPO/scripts/run-test-binaries.sh" "$payload/"
 
     {
         echo "#!/bin/sh"
         echo "export VMM_BIN=/payload/vmm VMM_GUEST_KERNEL=/payload/vmlinuz"
+        echo "export VMM_GUEST_MINIMAL_KERNEL=/payload/vmlinuz-minimal"
         echo "export VMM_GUEST_INITRD=/payload/initramfs.cpio.gz RUST_BACKTRACE=${RUST_BACKTRACE:-1}"
         # Nested guests now and then crash or stall in early boot whatever the VMM
         # (tests/common/mod.rs, GuestVmBuilder::boot); let each boot try again.
@@ -124,6 +128,7 @@ run_nested() {
 main() {
     need_cmds cargo jq
     "$REPO/scripts/guest-kernel.sh"
+    "$REPO/scripts/guest-kernel.sh" --minimal
     "$REPO/scripts/guest-initramfs.sh"
     local mode
     mode=$(choose_mode)

@@ -10,6 +10,10 @@
 #
 # Idempotent: does nothing when the cache already holds the package apt resolves to, with
 # the modules asked for here.
+#
+# `guest-kernel.sh --minimal` builds the minimal kernel instead (everything built in,
+# virtio-mmio devices from the command line): see scripts/guest-kernel-minimal.sh.
+#
 # Environment: VMM_CACHE_DIR (default $REPO/.cache/guest), VMM_GUEST_KERNEL_PKG (a
 # linux-image-* package name to use instead of the one linux-image-cloud-amd64 depends on).
 set -euo pipefail
@@ -105,6 +109,11 @@ write_order() {
 }
 
 main() {
+    case ${1:-} in
+    --minimal) exec "$REPO/scripts/guest-kernel-minimal.sh" ;;
+    "") ;;
+    *) die "usage: $0 [--minimal]" ;;
+    esac
     local pkg
     pkg=$(resolve_pkg)
     if [[ -z $pkg ]]; then

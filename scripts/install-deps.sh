@@ -33,6 +33,9 @@ PACKAGES=(
     curl socat      # talking to the API socket by hand and in tests
     tmux            # a real terminal for tests/console_host.rs
     g++             # libFuzzer, which cargo fuzz builds (scripts/fuzz.sh)
+    # The minimal guest kernel (scripts/guest-kernel.sh --minimal): Debian's kernel source
+    # and what building a kernel without modules needs.
+    linux-source-6.1 make bc bison flex libelf-dev
 )
 
 missing=()
