@@ -8,13 +8,9 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use common::http::{field, get_json, patch, wait_until};
-use common::{scaled, GuestVm, GuestVmBuilder};
-
-/// How long the guest may take to inflate or deflate to a new target (a hang guard).
-const RESIZE_TIMEOUT: Duration = Duration::from_secs(180);
+use common::http::{field, get_json, patch};
+use common::{scaled, wait_until, GuestVm, GuestVmBuilder, RESIZE_TIMEOUT};
 
 /// The platform device the kernel makes of the first `virtio_mmio.device=` entry.
 const CMDLINE_DEVICE: &str = "/sys/devices/virtio-mmio-cmdline/virtio-mmio.0";
