@@ -11,9 +11,20 @@
 # does not; VMM_TEST_MODE=direct|nested forces one, and in direct mode VMM_BIN names another
 # vmm binary. Input may also come from a pipe. `poweroff -f` (or `exit`) in the guest ends
 # the demo; when nested, Ctrl-A x ends L1 at any time.
+#
+# Nested, L1 itself now and then crashes or freezes (a fault of QEMU's emulated SVM,
+# docs/testing.md). If that happens before the guest's shell is up, the demo says so in one
+# line and boots a fresh L1, up to VMM_DEMO_L1_ATTEMPTS L1s in all (default 3); once the
+# shell is up the session is the user's and nothing is retried. L1's kernel messages go to
+# $VMM_CACHE_DIR/nested/demo/l1-kernel-N.log, not to the terminal, unless VMM_DEMO_VERBOSE=1.
+# VMM_DEMO_TEST_L1_CRASH=1 (for testing the demo only) crashes the first L1 a few seconds
+# into the guest's boot.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
+
+# The guest's /init prints this just before it starts the shell.
+READY_MARKER=VMMTEST-READY
 
 # Prints the vmm's boot arguments after --kernel/--initrd, one a line: the caller's, with
 # --mem 1G and --cpus 2 where the caller gives none, and vmmtest.echo=1 (keep the guest
@@ -49,6 +60,29 @@ main() {
             --initrd "$CACHE_DIR/initramfs.cpio.gz" "${args[@]}"
     fi
 
+    run_nested "${args[@]}"
+}
+
+# Writes the payload's job: the banner, then the vmm with ARGS. With CRASH=1, L1's kernel
+# is made to crash a few seconds in, as if QEMU's emulated SVM had failed (testing only).
+write_demo_job() {
+    local job=$1 crash=$2
+    shift 2
+    {
+        echo "#!/bin/sh"
+        echo "echo \"==== demo guest (nested, booting takes about half a minute): poweroff -f or exit ends it; Ctrl-A x ends L1\""
+        if ((crash)); then
+            echo "echo \"==== VMM_DEMO_TEST_L1_CRASH: this L1 will crash in 5 s\""
+            echo "(sleep 5; echo c >/proc/sysrq-trigger) &"
+        fi
+        echo "exec /payload/vmm --kernel /payload/vmlinuz --initrd /payload/initramfs.cpio.gz \\"
+        echo "    $(sh_quote "$@")"
+    } >"$job"
+    chmod 0755 "$job"
+}
+
+run_nested() {
+    local args=("$@")
     (cd "$REPO" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
         cargo build --bin vmm --target "$STATIC_TARGET")
     local vmm=$REPO/target/$STATIC_TARGET/debug/vmm
@@ -59,19 +93,53 @@ main() {
     for i in "${!args[@]}"; do
         [[ ${args[$i]} == --cmdline ]] && args[i + 1]+=" clearcpuid=xsave"
     done
-    local payload=$CACHE_DIR/nested/payload-demo
-    rm -rf "$payload"
-    mkdir -p "$payload"
+    local payload=$CACHE_DIR/nested/payload-demo logs=$CACHE_DIR/nested/demo
+    rm -rf "$payload" "$logs"
+    mkdir -p "$payload" "$logs"
     objcopy --strip-debug "$vmm" "$payload/vmm"
     cp "$CACHE_DIR/vmlinuz" "$CACHE_DIR/initramfs.cpio.gz" "$payload/"
-    cat >"$payload/run" <<EOF
-#!/bin/sh
-echo "==== demo guest (nested, booting takes about half a minute): poweroff -f or exit ends it; Ctrl-A x ends L1"
-exec /payload/vmm --kernel /payload/vmlinuz --initrd /payload/initramfs.cpio.gz \\
-    $(sh_quote "${args[@]}")
-EOF
-    chmod 0755 "$payload/run"
-    exec "$REPO/scripts/nested/run-l1.sh" --interactive "$payload"
+
+    local attempts=${VMM_DEMO_L1_ATTEMPTS:-3} attempt=1 status crash outcome what where
+    [[ $attempts =~ ^[1-9][0-9]*$ ]] ||
+        die "VMM_DEMO_L1_ATTEMPTS must be a positive integer, not '$attempts'"
+    # A frozen L1 shows no sign of life but its missing heartbeat: do not make the user
+    # wait the default ten minutes for it.
+    export VMM_L1_STALL_TIMEOUT=${VMM_L1_STALL_TIMEOUT:-180}
+    while :; do
+        crash=0
+        [[ $attempt == 1 && ${VMM_DEMO_TEST_L1_CRASH:-} == 1 ]] && crash=1
+        write_demo_job "$payload/run" "$crash" "${args[@]}"
+        local l1_args=(--interactive --console-log "$logs/console-$attempt.log"
+            --outcome-file "$logs/outcome-$attempt")
+        where=""
+        if [[ ${VMM_DEMO_VERBOSE:-} != 1 ]]; then
+            l1_args+=(--kernel-log "$logs/l1-kernel-$attempt.log")
+            where="; its kernel log: ${logs#"$REPO"/}/l1-kernel-$attempt.log"
+        fi
+        status=0
+        "$REPO/scripts/nested/run-l1.sh" "${l1_args[@]}" "$payload" || status=$?
+        outcome=$(cut -f1 "$logs/outcome-$attempt" 2>/dev/null || echo ended)
+        case $outcome in
+        panic) what="the nested KVM host (L1) crashed" ;;
+        frozen) what="the nested KVM host (L1) stopped responding" ;;
+        status) return "$status" ;; # the guest's session ended, as the user chose
+        *)                           # Ctrl-A x, a signal
+            log "$(cut -f2 "$logs/outcome-$attempt" 2>/dev/null)"
+            return "$status"
+            ;;
+        esac
+        if grep -aq "$READY_MARKER" "$logs/console-$attempt.log"; then
+            log "$what during the session (a known fault of QEMU's emulated SVM$where); the guest is gone"
+            return "$status"
+        fi
+        if ((attempt >= attempts)); then
+            log "$what before the guest's shell came up, in all $attempts attempts$where; giving up"
+            return "$status"
+        fi
+        attempt=$((attempt + 1))
+        log "$what while the guest booted (a known fault of QEMU's emulated SVM$where);" \
+            "starting a fresh one, attempt $attempt of $attempts"
+    done
 }
 
 main "$@"
