@@ -18,6 +18,8 @@
 //! - [`terminal`]: the host terminal: raw mode only in the foreground, restored on exit.
 //! - [`vmm`]: wiring: builds the VM, runs the event loop, stops it.
 //! - [`api`]: the HTTP/JSON API on a Unix socket and its client (`vmm ctl`).
+//! - [`metrics`]: counters, latency histograms and the Prometheus text format of
+//!   `GET /metrics`; each part of the VMM counts its own events.
 //! - [`test_hooks`]: faults the boot tests inject on purpose (only with the `test-hooks` feature).
 
 pub mod api;
@@ -30,6 +32,7 @@ pub mod devices;
 pub mod lifecycle;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod size;
 pub mod sync;
 pub mod terminal;
