@@ -17,6 +17,7 @@ PACKAGES=(
     xz-utils zstd   # compressed kernel modules, should a kernel ship them
     curl socat      # talking to the API socket by hand and in tests
     tmux            # a real terminal for tests/console_host.rs
+    prometheus      # promtool, which checks what GET /metrics serves
 )
 
 missing=()

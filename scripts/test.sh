@@ -22,7 +22,7 @@ esac
 
 check_prerequisites() {
     local missing=() c
-    for c in cargo rustfmt cargo-clippy jq tmux; do
+    for c in cargo rustfmt cargo-clippy jq tmux promtool; do
         command -v "$c" >/dev/null 2>&1 || missing+=("$c")
     done
     if ((boot)); then

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use event_manager::SubscriberOps;
 use kvm_ioctls::{Kvm, VmFd};
 
-use crate::api::{ApiError, ApiServer};
+use crate::api::{ApiError, ApiServer, VmControl};
 use crate::builder::{self, BuildError, EventLoop};
 use crate::config::{self, ConfigError, VmConfig};
 use crate::console::{ConsoleCounters, ConsoleSink};
@@ -24,7 +24,7 @@ use crate::lifecycle::stop_watcher::StopWatcher;
 use crate::lifecycle::vcpu_threads::VcpuThreads;
 use crate::lifecycle::{fail_stop, signals, Lifecycle, SetupError, StopReason};
 use crate::memory::GuestMemoryMmap;
-use crate::vcpu::{Vcpu, VcpuError, VcpuSetup};
+use crate::vcpu::{Vcpu, VcpuError, VcpuExitMetrics, VcpuSetup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -139,15 +139,23 @@ impl Vm {
         self.console.counters()
     }
 
-    /// What the API may see of and do to this VM.
+    /// What the API may see of and do to this VM, with every metric source of the VM
+    /// registered. Called before [`Vm::run`], which takes the vCPUs.
     pub fn controller(&self) -> VmController {
-        VmController::new(
+        let controller = VmController::new(
             self.config.vcpus,
             self.config.mem_size,
             self.lifecycle(),
             self.balloon()
                 .map(|b| Arc::new(b.clone()) as Arc<dyn BalloonControl>),
-        )
+        );
+        let metrics = controller.metrics();
+        let exits = self.vcpus.iter().map(Vcpu::exit_counters).collect();
+        metrics.register("vcpus", Arc::new(VcpuExitMetrics::new(exits)));
+        if let Some(console) = self.console_counters() {
+            metrics.register("console", console);
+        }
+        controller
     }
 
     /// Runs the guest until it stops; returns why. Every vCPU thread has been joined (or,

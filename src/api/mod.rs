@@ -5,12 +5,14 @@
 //! - [`routes`]: what each route does, over [`VmControl`].
 //! - [`types`]: the JSON bodies on the wire.
 //! - [`socket`]: the socket file: mode 0600, stale sockets, removal.
+//! - [`request_counts`]: the API's answers by route and status, for `/metrics`.
 //! - [`client`]: `vmm ctl`.
 //!
 //! The routes are documented in `docs/api.md` and described in `docs/api.yaml` (OpenAPI).
 
 pub mod client;
 pub mod connection;
+pub mod request_counts;
 pub mod routes;
 pub mod server;
 pub mod socket;
@@ -21,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::devices::virtio::balloon::BalloonControl;
+use crate::metrics::Registry;
 
 pub use client::{run as run_ctl, ClientError, CtlArgs};
 pub use connection::ServerLimits;
@@ -43,6 +46,9 @@ pub trait VmControl: Send + Sync {
     fn balloon(&self) -> Option<Arc<dyn BalloonControl>>;
     /// Asks the VM to stop; vmm then exits with status 0. Returns at once.
     fn request_shutdown(&self);
+    /// The VM's metric sources, which `GET /metrics` renders. The API server adds its
+    /// request counts there when it starts.
+    fn metrics(&self) -> &Registry;
 }
 
 /// Why the API server could not start.

@@ -53,6 +53,10 @@ pub const ROUTES: &[Route] = &[
         path: "/actions",
         methods: &["PUT"],
     },
+    Route {
+        path: "/metrics",
+        methods: &["GET"],
+    },
 ];
 
 /// The body of a request as the HTTP layer framed it.
@@ -65,12 +69,17 @@ pub enum RequestBody<'a> {
     Present(&'a [u8]),
 }
 
+/// The `Content-Type` of every answer with a body but `GET /metrics`.
+pub const JSON: &str = "application/json";
+
 /// An answer ready for the HTTP layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
-    /// JSON text; `None` for 204.
+    /// JSON text (the metrics' text for `GET /metrics`); `None` for 204.
     pub body: Option<String>,
+    /// What `body` is.
+    pub content_type: &'static str,
     /// The `Allow` header of a 405.
     pub allow: Option<String>,
     /// The connection cannot carry another request after this one (its framing is lost).
@@ -82,6 +91,7 @@ impl Response {
         Response {
             status: 204,
             body: None,
+            content_type: JSON,
             allow: None,
             close: false,
         }
@@ -92,10 +102,22 @@ impl Response {
             Ok(text) => Response {
                 status: 200,
                 body: Some(text),
+                content_type: JSON,
                 allow: None,
                 close: false,
             },
             Err(e) => Response::fault(500, format!("cannot encode the answer: {e}")),
+        }
+    }
+
+    /// A 200 answer of `text` in the Prometheus text format.
+    fn metrics(text: String) -> Self {
+        Response {
+            status: 200,
+            body: Some(text),
+            content_type: crate::metrics::CONTENT_TYPE,
+            allow: None,
+            close: false,
         }
     }
 
@@ -110,6 +132,7 @@ impl Response {
         Response {
             status,
             body: Some(body),
+            content_type: JSON,
             allow: None,
             close: false,
         }
@@ -190,6 +213,7 @@ fn dispatch(vm: &dyn VmControl, method: &str, path: &str, body: RequestBody) -> 
             }
             Ok(Response::no_content())
         }
+        ("GET", "/metrics") => Ok(Response::metrics(vm.metrics().render())),
         // ROUTES and this table list the same routes; the tests check every one.
         _ => Err(Response::fault(
             500,

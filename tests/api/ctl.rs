@@ -314,3 +314,17 @@ fn ctl_watch_shows_statistics_until_stopped() {
     ])
     .is_err());
 }
+
+#[test]
+fn ctl_metrics_prints_the_text_as_served() {
+    let h = Harness::new(Some(all_features()));
+    let out = ctl_ok(&h.socket, &["metrics"]);
+    assert!(
+        out.contains("# TYPE vmm_balloon_actual_bytes gauge\n"),
+        "{out}"
+    );
+    assert!(out.ends_with('\n'));
+    // Text for Prometheus, not JSON: the same with --json.
+    let json = ctl_ok(&h.socket, &["--json", "metrics"]);
+    assert!(json.starts_with("# HELP "), "{json}");
+}

@@ -6,12 +6,15 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use vmm::api::{VmControl, VmInfo};
+use vmm::devices::virtio::balloon::metrics::BalloonMetrics;
 use vmm::devices::virtio::balloon::{
-    target_pages, BalloonConfig, BalloonControl, BalloonError, BalloonFeatures, BalloonInfo,
-    BalloonStatistics, GuestStats, HintingStatus,
+    target_pages, BalloonConfig, BalloonControl, BalloonCounters, BalloonError, BalloonFeatures,
+    BalloonInfo, BalloonStatistics, GuestStats, HintingStatus,
 };
+use vmm::metrics::{ProcessMetrics, Registry};
 use vmm::size::{GIB, MIB, PAGE_SIZE};
 
 /// The model VM's memory, and so the largest balloon.
@@ -29,6 +32,7 @@ pub struct BalloonState {
     pub stats: GuestStats,
     pub last_update_age_ms: Option<u64>,
     pub unknown_tags: u64,
+    pub counters: BalloonCounters,
 }
 
 /// A balloon that behaves as the interface promises: it checks its features and limits,
@@ -58,6 +62,7 @@ impl ModelBalloon {
                 stats: GuestStats::default(),
                 last_update_age_ms: None,
                 unknown_tags: 0,
+                counters: BalloonCounters::default(),
             }),
             changes: Mutex::new(Vec::new()),
         }
@@ -158,19 +163,32 @@ impl BalloonControl for ModelBalloon {
         self.log("stop_hinting".to_string());
         Ok(())
     }
+
+    fn counters(&self) -> BalloonCounters {
+        self.state().counters
+    }
 }
 
-/// A VM that counts the shutdowns asked of it.
+/// A VM that counts the shutdowns asked of it. Its metrics are the real sources of the
+/// process and of the (model) balloon, so `/metrics` shows what a VM shows.
 pub struct ModelVm {
     balloon: Option<Arc<ModelBalloon>>,
     shutdowns: AtomicUsize,
+    metrics: Registry,
 }
 
 impl ModelVm {
     pub fn new(balloon: Option<Arc<ModelBalloon>>) -> Self {
+        let metrics = Registry::new();
+        metrics.register("process", Arc::new(ProcessMetrics::new(Instant::now())));
+        if let Some(balloon) = &balloon {
+            let control: Arc<dyn BalloonControl> = balloon.clone();
+            metrics.register("balloon", Arc::new(BalloonMetrics::new(control)));
+        }
         ModelVm {
             balloon,
             shutdowns: AtomicUsize::new(0),
+            metrics,
         }
     }
 
@@ -199,6 +217,10 @@ impl VmControl for ModelVm {
 
     fn request_shutdown(&self) {
         self.shutdowns.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn metrics(&self) -> &Registry {
+        &self.metrics
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::timerfd::TimerFd;
@@ -26,6 +26,7 @@ use crate::devices::virtio::{
     VIRTIO_ID_BALLOON,
 };
 use crate::memory::GuestMemoryMmap;
+use crate::metrics::LatencyHistogram;
 
 /// Entries in every balloon queue. Linux sends one inflate/deflate buffer at a time, up to
 /// 32 reports and up to a queue's worth of hints; 256 leaves the guest room for all.
@@ -39,7 +40,8 @@ pub enum BalloonSetupError {
     Timer(#[source] std::io::Error),
 }
 
-/// Running totals of what the guest gave and what went back to the host.
+/// Running totals of what the guest gave and what went back to the host, and of each
+/// queue's work. They only grow, and saturate rather than wrap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BalloonCounters {
     /// Pages the guest put in the balloon (each distinct page of a notification once).
@@ -52,18 +54,56 @@ pub struct BalloonCounters {
     pub hinted_bytes: u64,
     /// Bytes given back to the host, by all three means.
     pub discarded_bytes: u64,
+    /// Of those, by each means: inflating, free page reporting, free page hinting.
+    pub inflate_discarded_bytes: u64,
+    pub reporting_discarded_bytes: u64,
+    pub hinting_discarded_bytes: u64,
     /// Bytes the guest offered that were not given back: outside RAM, failed, stale
     /// hints or poisoned reports.
     pub kept_bytes: u64,
     /// Discard system calls made; merging keeps this far below the page count.
     pub discard_calls: u64,
+    /// Discard system calls the host refused.
+    pub discard_failures: u64,
+    /// Statistics buffers the guest sent (each one an update of every statistic).
+    pub stats_updates: u64,
+    /// Configuration interrupts raised (a new target, a hinting command).
+    pub config_interrupts: u64,
+    /// Each queue's work, by [`QueueRole`] (see [`BalloonCounters::queue`]).
+    pub queues: [QueueCounters; 5],
+}
+
+/// The work one balloon queue did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounters {
+    /// Notifications the device processed. Kicks that arrive while the device is busy
+    /// with the queue are seen together, as one (the eventfd counts them up).
+    pub notifications: u64,
+    /// Buffers the device gave back to the driver.
+    pub buffers: u64,
+    /// Used-buffer interrupts the device raised for the queue.
+    pub interrupts: u64,
+    /// How long the device took for each notification, from taking the first buffer to
+    /// raising the interrupt.
+    pub processing: LatencyHistogram,
 }
 
 impl BalloonCounters {
-    fn count_discard(&mut self, offered: u64, outcome: &DiscardOutcome) {
-        self.discarded_bytes += outcome.discarded;
-        self.discard_calls += outcome.calls;
-        self.kept_bytes += offered.saturating_sub(outcome.discarded);
+    /// The counters of the queue serving `role`.
+    pub fn queue(&self, role: QueueRole) -> &QueueCounters {
+        &self.queues[role.slot()]
+    }
+
+    /// Adds what discarding `offered` bytes by one means did; returns the bytes it gave
+    /// back, for that means' own total.
+    fn count_discard(&mut self, offered: u64, outcome: &DiscardOutcome) -> u64 {
+        self.discarded_bytes = self.discarded_bytes.saturating_add(outcome.discarded);
+        self.discard_calls = self.discard_calls.saturating_add(outcome.calls);
+        self.discard_failures = self.discard_failures.saturating_add(outcome.failed_calls);
+        self.kept_bytes = self
+            .kept_bytes
+            .saturating_add(offered.saturating_sub(outcome.discarded));
+        outcome.discarded
     }
 }
 
@@ -265,9 +305,10 @@ impl Balloon {
         }
     }
 
-    fn notify_config_change(&self) {
+    fn notify_config_change(&mut self) {
         if let Some(running) = &self.running {
             running.interrupt.trigger(InterruptKind::Config);
+            self.counters.config_interrupts = self.counters.config_interrupts.saturating_add(1);
         }
     }
 
@@ -306,10 +347,14 @@ impl Balloon {
             .request_update(queue, &running.mem, &mut self.warnings)
         {
             running.interrupt.trigger(InterruptKind::Queue);
+            let stats = &mut self.counters.queues[QueueRole::Stats.slot()];
+            stats.buffers = stats.buffers.saturating_add(1);
+            stats.interrupts = stats.interrupts.saturating_add(1);
         }
     }
 
     fn process_role(&mut self, role: QueueRole) {
+        let started = Instant::now();
         let may_discard_reports = !self.reported_pages_keep_poison();
         let Some(running) = self.running.as_mut() else {
             return;
@@ -326,27 +371,38 @@ impl Balloon {
         let returned = match role {
             QueueRole::Inflate => {
                 let out = process_inflate(queue, mem, warnings);
-                counters.inflated_pages += out.pages;
-                counters.count_discard(out.pages * BALLOON_PAGE_SIZE, &out.discard);
+                counters.inflated_pages = counters.inflated_pages.saturating_add(out.pages);
+                let offered = out.pages.saturating_mul(BALLOON_PAGE_SIZE);
+                let discarded = counters.count_discard(offered, &out.discard);
+                counters.inflate_discarded_bytes =
+                    counters.inflate_discarded_bytes.saturating_add(discarded);
                 out.returned
             }
             QueueRole::Deflate => {
                 let out = process_deflate(queue, mem, warnings);
-                counters.deflated_pages += out.pages;
+                counters.deflated_pages = counters.deflated_pages.saturating_add(out.pages);
                 out.returned
             }
-            QueueRole::Stats => self.stats.process_queue(queue, mem, warnings),
+            QueueRole::Stats => {
+                let out = self.stats.process_queue(queue, mem, warnings);
+                counters.stats_updates = counters.stats_updates.saturating_add(out.updates);
+                out.returned
+            }
             QueueRole::FreePageHint => {
                 let out = process_hinting(&mut self.hinting, queue, mem, warnings);
-                counters.hinted_bytes += out.hinted;
-                counters.count_discard(out.hinted, &out.discard);
+                counters.hinted_bytes = counters.hinted_bytes.saturating_add(out.hinted);
+                let discarded = counters.count_discard(out.hinted, &out.discard);
+                counters.hinting_discarded_bytes =
+                    counters.hinting_discarded_bytes.saturating_add(discarded);
                 config_changed = out.config_changed;
                 out.returned
             }
             QueueRole::Reporting => {
                 let out = process_reporting(queue, mem, may_discard_reports, warnings);
-                counters.reported_bytes += out.reported;
-                counters.count_discard(out.reported, &out.discard);
+                counters.reported_bytes = counters.reported_bytes.saturating_add(out.reported);
+                let discarded = counters.count_discard(out.reported, &out.discard);
+                counters.reporting_discarded_bytes =
+                    counters.reporting_discarded_bytes.saturating_add(discarded);
                 out.returned
             }
         };
@@ -355,7 +411,13 @@ impl Balloon {
         }
         if config_changed {
             running.interrupt.trigger(InterruptKind::Config);
+            counters.config_interrupts = counters.config_interrupts.saturating_add(1);
         }
+        let queue = &mut counters.queues[role.slot()];
+        queue.notifications = queue.notifications.saturating_add(1);
+        queue.buffers = queue.buffers.saturating_add(returned as u64);
+        queue.interrupts = queue.interrupts.saturating_add(u64::from(returned > 0));
+        queue.processing.observe(started.elapsed());
     }
 }
 
