@@ -189,7 +189,7 @@ const GUEST_STATS: [(&str, &str, StatField); 16] = [
     ),
     (
         "vmm_balloon_guest_total_memory_bytes",
-        "Memory the guest has (what the balloon holds not counted), as it last reported.",
+        "Total memory the guest sees, as it last reported.",
         |s| s.total_memory,
     ),
     (
