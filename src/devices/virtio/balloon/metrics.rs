@@ -252,3 +252,100 @@ fn write_guest_statistics(out: &mut Exposition, statistics: &BalloonStatistics) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::devices::virtio::balloon::{Balloon, BalloonHandle};
+
+    fn render(config: &str) -> String {
+        let balloon = Balloon::new(config.parse().unwrap(), 64 << 20).unwrap();
+        let handle = BalloonHandle::new(Arc::new(Mutex::new(balloon)));
+        let mut out = Exposition::new();
+        BalloonMetrics::new(Arc::new(handle)).write_metrics(&mut out);
+        out.finish()
+    }
+
+    #[test]
+    fn only_the_queues_the_balloon_has_are_shown() {
+        let text = render("page-reporting,size=8M");
+        assert!(
+            text.contains("\nvmm_balloon_target_bytes 8388608\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nvmm_balloon_driver_ready 0\n"), "{text}");
+        for queue in ["inflateq", "deflateq", "reporting_vq"] {
+            let line = format!("vmm_balloon_queue_notifications_total{{queue=\"{queue}\"}} 0\n");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        assert!(
+            !text.contains("statsq") && !text.contains("free_page_vq"),
+            "{text}"
+        );
+        // Without the statistics feature there is nothing to say about statistics.
+        assert!(
+            !text.contains("statistics") && !text.contains("guest_"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_guest_statistic_has_a_gauge_named_in_base_units() {
+        let names: Vec<&str> = GUEST_STATS.iter().map(|(name, _, _)| *name).collect();
+        for name in &names {
+            assert!(crate::metrics::exposition::is_valid_name(name), "{name}");
+            assert!(!name.ends_with("_total"), "{name} is a gauge");
+        }
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len());
+        // Each field of GuestStats has its own gauge: with every field a different value,
+        // the gauges read every value once.
+        let distinct = GuestStats {
+            swap_in: Some(1),
+            swap_out: Some(2),
+            major_faults: Some(3),
+            minor_faults: Some(4),
+            free_memory: Some(5),
+            total_memory: Some(6),
+            available_memory: Some(7),
+            disk_caches: Some(8),
+            hugetlb_allocations: Some(9),
+            hugetlb_failures: Some(10),
+            oom_kill: Some(11),
+            alloc_stall: Some(12),
+            async_scan: Some(13),
+            direct_scan: Some(14),
+            async_reclaim: Some(15),
+            direct_reclaim: Some(16),
+        };
+        let mut read: Vec<u64> = GUEST_STATS
+            .iter()
+            .filter_map(|(_, _, field)| field(&distinct))
+            .collect();
+        read.sort_unstable();
+        assert_eq!(read, (1..=16).collect::<Vec<u64>>());
+        // A statistic the guest never sent has no gauge; the largest value is exact.
+        let only_swap_in = GuestStats {
+            swap_in: Some(u64::MAX),
+            ..Default::default()
+        };
+        let mut out = Exposition::new();
+        write_guest_statistics(
+            &mut out,
+            &BalloonStatistics {
+                target_pages: 0,
+                actual_pages: 0,
+                stats: only_swap_in,
+                unknown_tags: 0,
+                last_update_age_ms: None,
+            },
+        );
+        let text = out.finish();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.ends_with("\nvmm_balloon_guest_swap_in_bytes 18446744073709551615\n"));
+    }
+}
