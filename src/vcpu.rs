@@ -13,9 +13,7 @@
 //! (`rep outsb`) included (`PortIo`); MMIO to the MMIO bus; KVM's system events become
 //! the [`StopReason`] they mean (a crash is a guest panic, not a power-off).
 //!
-//! Exits are counted per vCPU and reason ([`VcpuExitCounters`], `vmm_vcpu_exits_total`):
-//! only exits that reach vmm, as the in-kernel devices and the ioeventfds handle most of
-//! the guest's without leaving KVM.
+//! Exits are counted per vCPU and reason ([`exits`]).
 //!
 //! Halt detection: with an in-kernel irqchip, a guest that halts (`halt -f`) leaves its
 //! vCPUs blocked inside KVM forever. The VMM periodically asks each vCPU (a kick with
@@ -37,8 +35,11 @@ use crate::arch::x86_64::{boot::LoadedKernel, cpuid, regs};
 use crate::devices::bus::Bus;
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::memory::GuestMemoryMmap;
-use crate::metrics::{Counter, Exposition, MetricSource};
 use crate::test_hooks;
+
+pub mod exits;
+
+pub use exits::{VcpuExitCounters, VcpuExitMetrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -261,7 +262,7 @@ impl Vcpu {
         let panic_point = format!("panic:vcpu{}", self.index);
         while !self.lifecycle.is_stopping() {
             let exit = self.fd.run();
-            self.exits.count(ExitReason::of(&exit));
+            self.exits.record(&exit);
             let outcome = match exit {
                 // The data of a port-I/O exit is read below from kvm_run, where KVM also
                 // says how many accesses of what size it holds.
@@ -334,130 +335,6 @@ impl Vcpu {
 enum ExitOutcome {
     Continue,
     Stop(StopReason),
-}
-
-/// Why `KVM_RUN` returned to vmm: the `reason` label of `vmm_vcpu_exits_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ExitReason {
-    IoIn,
-    IoOut,
-    MmioRead,
-    MmioWrite,
-    Hlt,
-    Shutdown,
-    FailEntry,
-    InternalError,
-    SystemEvent,
-    /// A signal interrupted `KVM_RUN`: a kick (stopping, the halt probe).
-    Signal,
-    IrqWindowOpen,
-    /// Any other exit KVM reported.
-    Other,
-    /// `KVM_RUN` itself failed.
-    Error,
-}
-
-impl ExitReason {
-    const ALL: [ExitReason; 13] = [
-        ExitReason::IoIn,
-        ExitReason::IoOut,
-        ExitReason::MmioRead,
-        ExitReason::MmioWrite,
-        ExitReason::Hlt,
-        ExitReason::Shutdown,
-        ExitReason::FailEntry,
-        ExitReason::InternalError,
-        ExitReason::SystemEvent,
-        ExitReason::Signal,
-        ExitReason::IrqWindowOpen,
-        ExitReason::Other,
-        ExitReason::Error,
-    ];
-
-    fn of(exit: &Result<VcpuExit<'_>, kvm_ioctls::Error>) -> ExitReason {
-        match exit {
-            Ok(VcpuExit::IoIn(..)) => ExitReason::IoIn,
-            Ok(VcpuExit::IoOut(..)) => ExitReason::IoOut,
-            Ok(VcpuExit::MmioRead(..)) => ExitReason::MmioRead,
-            Ok(VcpuExit::MmioWrite(..)) => ExitReason::MmioWrite,
-            Ok(VcpuExit::Hlt) => ExitReason::Hlt,
-            Ok(VcpuExit::Shutdown) => ExitReason::Shutdown,
-            Ok(VcpuExit::FailEntry(..)) => ExitReason::FailEntry,
-            Ok(VcpuExit::InternalError) => ExitReason::InternalError,
-            Ok(VcpuExit::SystemEvent(..)) => ExitReason::SystemEvent,
-            Ok(VcpuExit::Intr) => ExitReason::Signal,
-            Ok(VcpuExit::IrqWindowOpen) => ExitReason::IrqWindowOpen,
-            Ok(_) => ExitReason::Other,
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitReason::Signal,
-            Err(_) => ExitReason::Error,
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            ExitReason::IoIn => "io_in",
-            ExitReason::IoOut => "io_out",
-            ExitReason::MmioRead => "mmio_read",
-            ExitReason::MmioWrite => "mmio_write",
-            ExitReason::Hlt => "hlt",
-            ExitReason::Shutdown => "shutdown",
-            ExitReason::FailEntry => "fail_entry",
-            ExitReason::InternalError => "internal_error",
-            ExitReason::SystemEvent => "system_event",
-            ExitReason::Signal => "signal",
-            ExitReason::IrqWindowOpen => "irq_window_open",
-            ExitReason::Other => "other",
-            ExitReason::Error => "error",
-        }
-    }
-}
-
-/// One vCPU's exits by reason. Only its own thread counts, so each add is an uncontended
-/// atomic on a cache line of its own (no false sharing with another vCPU's counters).
-#[derive(Debug, Default)]
-#[repr(align(64))]
-pub struct VcpuExitCounters {
-    counts: [Counter; ExitReason::ALL.len()],
-}
-
-impl VcpuExitCounters {
-    fn count(&self, reason: ExitReason) {
-        self.counts[reason as usize].inc();
-    }
-
-    /// `(reason label, exits)` for every reason, zeros included.
-    pub fn by_reason(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        ExitReason::ALL
-            .iter()
-            .map(|&reason| (reason.label(), self.counts[reason as usize].get()))
-    }
-}
-
-/// The exits of every vCPU of a VM, as one metric family.
-pub struct VcpuExitMetrics {
-    vcpus: Vec<Arc<VcpuExitCounters>>,
-}
-
-impl VcpuExitMetrics {
-    /// `vcpus[i]` counts the exits of vCPU i.
-    pub fn new(vcpus: Vec<Arc<VcpuExitCounters>>) -> Self {
-        VcpuExitMetrics { vcpus }
-    }
-}
-
-impl MetricSource for VcpuExitMetrics {
-    fn write_metrics(&self, out: &mut Exposition) {
-        let mut family = out.counter(
-            "vmm_vcpu_exits_total",
-            "Returns of KVM_RUN to vmm, by vCPU and exit reason (exits KVM handles itself are not seen).",
-        );
-        for (index, counters) in self.vcpus.iter().enumerate() {
-            let vcpu = index.to_string();
-            for (reason, exits) in counters.by_reason() {
-                family.sample(&[("vcpu", &vcpu), ("reason", reason)], exits);
-            }
-        }
-    }
 }
 
 /// What a port read with no device behind it returns: an empty ISA bus floats high.
@@ -790,30 +667,6 @@ mod tests {
             assert_eq!(reason.exit_code(), 1, "{reason:?}");
             assert!(reason.report().unwrap().contains("vCPU 2"), "{reason:?}");
         }
-    }
-
-    #[test]
-    fn exits_are_counted_by_reason_for_each_vcpu() {
-        let first = Arc::new(VcpuExitCounters::default());
-        let second = Arc::new(VcpuExitCounters::default());
-        first.count(ExitReason::of(&Ok(VcpuExit::Hlt)));
-        first.count(ExitReason::of(&Ok(VcpuExit::IoOut(0x3f8, &[1]))));
-        first.count(ExitReason::of(&Ok(VcpuExit::IoOut(0x3f8, &[2]))));
-        second.count(ExitReason::of(&Err(kvm_ioctls::Error::new(libc::EINTR))));
-        second.count(ExitReason::of(&Err(kvm_ioctls::Error::new(libc::EFAULT))));
-        let mut out = Exposition::new();
-        VcpuExitMetrics::new(vec![first, second]).write_metrics(&mut out);
-        let text = out.finish();
-        for line in [
-            "vmm_vcpu_exits_total{vcpu=\"0\",reason=\"io_out\"} 2",
-            "vmm_vcpu_exits_total{vcpu=\"0\",reason=\"hlt\"} 1",
-            "vmm_vcpu_exits_total{vcpu=\"0\",reason=\"signal\"} 0",
-            "vmm_vcpu_exits_total{vcpu=\"1\",reason=\"signal\"} 1",
-            "vmm_vcpu_exits_total{vcpu=\"1\",reason=\"error\"} 1",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
-        }
-        assert_eq!(text.lines().count(), 2 + 2 * ExitReason::ALL.len());
     }
 
     #[test]

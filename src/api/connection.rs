@@ -80,7 +80,6 @@ pub struct Connection {
 impl Connection {
     pub fn new(stream: UnixStream, now: Instant, requests: Arc<ApiRequestCounters>) -> Self {
         Connection {
-            requests,
             stream,
             input: Vec::new(),
             output: Vec::new(),
@@ -88,6 +87,7 @@ impl Connection {
             peer_done: false,
             closing: false,
             last_activity: now,
+            requests,
         }
     }
 
