@@ -42,6 +42,11 @@ else
     if ((${#missing[@]})); then
         log "installing: ${missing[*]}"
         apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+        # Only promtool is wanted from the prometheus package: not the server that
+        # systemd starts when the package is installed.
+        if [[ " ${missing[*]} " == *" prometheus "* && -d /run/systemd/system ]]; then
+            systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+        fi
     fi
 fi
 log "all packages present"
