@@ -4,7 +4,7 @@
 //! order (several may arrive in one read: pipelining), and writes what the socket takes.
 //! Bytes of a request still on their way stay in the buffer until the rest arrives.
 //! Every answer is counted, and logged if it refuses the request, once, as it is queued
-//! ([`answered`]).
+//! (`answered`).
 
 use std::io::{self, Read, Write};
 use std::ops::Range;
