@@ -155,7 +155,7 @@ fn write_queues(out: &mut Exposition, info: &BalloonInfo, c: &BalloonCounters) {
     }
 }
 
-/// What a guest statistic measures, for its gauge's name.
+/// Reads one statistic out of what the guest sent.
 type StatField = fn(&GuestStats) -> Option<u64>;
 
 /// The guest's statistics as gauges, in their own units: bytes, events, or pages (of the
