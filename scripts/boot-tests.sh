@@ -41,6 +41,29 @@ install_stripped() {
     chmod 0755 "$2"
 }
 
+# Copies promtool (tests/common/promtool.rs runs it) into DIR as DIR/promtool, runnable in
+# L1. Debian's is a Go program linked against glibc, which L1 lacks: it travels with its
+# loader and libraries, and DIR/promtool starts it through that loader. Without promtool
+# on this host nothing is copied, and the tests that need it fail, saying so.
+install_promtool() {
+    local dir=$1 tool lib loader
+    tool=$(command -v promtool) || return 0
+    mkdir -p "$dir"
+    if file_is_static "$tool"; then
+        install_stripped "$tool" "$dir/promtool"
+        return
+    fi
+    mkdir -p "$dir/lib"
+    cp "$tool" "$dir/promtool.bin"
+    for lib in $(ldd "$tool" | grep -o '/[^ ]*'); do
+        cp -L "$lib" "$dir/lib/"
+    done
+    loader=$(basename "$(ldd "$tool" | grep -o '/[^ ]*ld-linux[^ ]*')")
+    printf '#!/bin/sh\nexec /payload/promtool/lib/%s --library-path /payload/promtool/lib /payload/promtool/promtool.bin "$@"\n' \
+        "$loader" >"$dir/promtool"
+    chmod 0755 "$dir/promtool"
+}
+
 run_nested() {
     [[ -z ${VMM_BIN:-} ]] || die "VMM_BIN is honoured in direct mode only (L1 runs the static vmm built here)"
     need_cmds objcopy jq
@@ -66,6 +89,7 @@ run_nested() {
     cp "$CACHE_DIR/vmlinuz" "$CACHE_DIR/vmlinuz-minimal" "$CACHE_DIR/initramfs.cpio.gz" \
         "$payload/"
     install -m 0755 "$REPO/scripts/run-test-binaries.sh" "$payload/"
+    install_promtool "$payload/promtool"
 
     {
         echo "#!/bin/sh"
@@ -82,6 +106,9 @@ run_nested() {
         echo "export VMM_TEST_WATCHDOG=${VMM_TEST_WATCHDOG:-1200}"
         # Tests that passed in an earlier L1 which then stopped responding (below).
         echo "export VMM_TEST_SKIP_FILE=/payload/passed"
+        if [[ -x $payload/promtool/promtool ]]; then
+            echo "export VMM_PROMTOOL=/payload/promtool/promtool"
+        fi
         # QEMU's TCG does not let L1's KVM intercept an L2 XSETBV, so a guest's XCR0 and
         # KVM's idea of it part ways and AVX state is clobbered on exits (docs/testing.md).
         # `quiet` keeps the boot log off the serial port: every character written there is

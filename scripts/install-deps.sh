@@ -32,6 +32,7 @@ PACKAGES=(
     xz-utils zstd   # compressed kernel modules, should a kernel ship them
     curl socat      # talking to the API socket by hand and in tests
     tmux            # a real terminal for tests/console_host.rs
+    prometheus      # promtool, which checks what GET /metrics serves
     g++             # libFuzzer, which cargo fuzz builds (scripts/fuzz.sh)
     # The minimal guest kernel (scripts/guest-kernel.sh --minimal): Debian's kernel source
     # and what building a kernel without modules needs.
@@ -60,6 +61,11 @@ else
     if ((${#missing[@]})); then
         log "installing: ${missing[*]}"
         apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+        # Only promtool is wanted from the prometheus package: not the server that
+        # systemd starts when the package is installed.
+        if [[ " ${missing[*]} " == *" prometheus "* && -d /run/systemd/system ]]; then
+            systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+        fi
     fi
 fi
 log "all packages present"

@@ -30,7 +30,7 @@ FUZZ_SECONDS=${VMM_FUZZ_SECONDS:-20}
 
 check_prerequisites() {
     local missing=() c
-    for c in cargo rustfmt cargo-clippy jq tmux; do
+    for c in cargo rustfmt cargo-clippy jq tmux promtool; do
         command -v "$c" >/dev/null 2>&1 || missing+=("$c")
     done
     if ((fuzz)); then

@@ -1,6 +1,6 @@
 //! The running VM as the API sees it: [`VmController`] implements the API's
-//! [`VmControl`] over the VM's [`Lifecycle`], its vCPUs' [`PauseGate`], its keyboard and
-//! its balloon.
+//! [`VmControl`] over the VM's [`Lifecycle`], its vCPUs' [`PauseGate`], its keyboard, its
+//! balloon and its metrics.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use crate::api::{VmControl, VmInfo, VmRequestError};
 use crate::config::InstanceId;
 use crate::devices::legacy::i8042::I8042;
+use crate::devices::virtio::balloon::metrics::BalloonMetrics;
 use crate::devices::virtio::balloon::BalloonControl;
 use crate::lifecycle::{Lifecycle, StopReason};
+use crate::metrics::{ProcessMetrics, Registry};
 use crate::sync::lock;
 use crate::vcpu::pause::PauseError;
 use crate::vcpu::PauseGate;
@@ -29,11 +31,13 @@ pub struct VmController {
     pause_gate: Arc<PauseGate>,
     keyboard: Arc<Mutex<I8042>>,
     balloon: Option<Arc<dyn BalloonControl>>,
+    metrics: Registry,
 }
 
 impl VmController {
     /// The controller of the VM `id`, with `vcpus` vCPUs and `memory_bytes` of RAM, that
-    /// starts now; its uptime counts from this call.
+    /// starts now; its uptime counts from this call. Its metrics show the process (uptime,
+    /// RSS) and the balloon; the caller registers the VM's other sources.
     pub fn new(
         id: InstanceId,
         vcpus: u8,
@@ -43,15 +47,22 @@ impl VmController {
         keyboard: Arc<Mutex<I8042>>,
         balloon: Option<Arc<dyn BalloonControl>>,
     ) -> Self {
+        let started = Instant::now();
+        let metrics = Registry::new();
+        metrics.register("process", Arc::new(ProcessMetrics::new(started)));
+        if let Some(balloon) = &balloon {
+            metrics.register("balloon", Arc::new(BalloonMetrics::new(balloon.clone())));
+        }
         VmController {
             id,
             vcpus,
             memory_bytes,
-            started: Instant::now(),
+            started,
             lifecycle,
             pause_gate,
             keyboard,
             balloon,
+            metrics,
         }
     }
 
@@ -112,6 +123,10 @@ impl VmControl for VmController {
             .send_ctrl_alt_del()
             .map_err(|error| VmRequestError::Conflict(error.to_string()))
     }
+
+    fn metrics(&self) -> &Registry {
+        &self.metrics
+    }
 }
 
 #[cfg(test)]
@@ -128,6 +143,10 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with(None)
+    }
+
+    fn fixture_with(balloon: Option<Arc<dyn BalloonControl>>) -> Fixture {
         let lifecycle = Arc::new(Lifecycle::new().unwrap());
         let keyboard_irq = Arc::new(CountingInterrupt::default());
         let keyboard = Arc::new(Mutex::new(I8042::new(
@@ -142,7 +161,7 @@ mod tests {
             lifecycle.clone(),
             Arc::new(PauseGate::new()),
             keyboard.clone(),
-            None,
+            balloon,
         );
         Fixture {
             controller,
@@ -203,5 +222,23 @@ mod tests {
             panic!("{refusal:?}")
         };
         assert!(message.contains("not reading its keyboard"), "{message}");
+    }
+
+    #[test]
+    fn shows_the_process_and_the_balloon_in_its_metrics() {
+        use crate::devices::virtio::balloon::{Balloon, BalloonHandle};
+
+        let balloon = Balloon::new("stats,size=4M".parse().unwrap(), 64 << 20).unwrap();
+        let balloon = BalloonHandle::new(Arc::new(Mutex::new(balloon)));
+        let f = fixture_with(Some(Arc::new(balloon)));
+        let text = f.controller.metrics().render();
+        assert!(text.contains("\nvmm_uptime_seconds "), "{text}");
+        assert!(
+            text.contains("\nvmm_balloon_target_bytes 4194304\n"),
+            "{text}"
+        );
+        assert!(text.contains("vmm_balloon_queue_notifications_total{queue=\"statsq\"} 0\n"));
+        // No statistics yet: no gauge for any.
+        assert!(!text.contains("vmm_balloon_guest_"), "{text}");
     }
 }

@@ -18,6 +18,8 @@
 //! - [`terminal`]: the host terminal: raw mode only in the foreground, restored on exit.
 //! - [`vmm`]: wiring: builds the VM, runs the event loop, stops it.
 //! - [`api`]: the HTTP/JSON API on a Unix socket and its client (`vmm ctl`).
+//! - [`metrics`]: counters, latency histograms and the Prometheus text format of
+//!   `GET /metrics`; each part of the VMM counts its own events.
 //! - [`seccomp`]: the seccomp filter of each kind of thread, and the report of a refused call.
 //! - [`test_hooks`]: faults the boot tests inject on purpose (only with the `test-hooks` feature).
 
@@ -31,6 +33,7 @@ pub mod devices;
 pub mod lifecycle;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod seccomp;
 pub mod size;
 pub mod sync;

@@ -16,6 +16,8 @@
 //! Pausing: each vCPU passes a [`PauseGate`] before every `KVM_RUN` and parks there while
 //! the VM is paused ([`pause`]).
 //!
+//! Exits are counted per vCPU and reason ([`exits`]).
+//!
 //! Halt detection: with an in-kernel irqchip, a guest that halts (`halt -f`) leaves its
 //! vCPUs blocked inside KVM forever. The VMM periodically asks each vCPU (a kick with
 //! [`VcpuShared::request_halt_probe`]) whether it sits in HLT with interrupts disabled;
@@ -39,8 +41,10 @@ use crate::memory::GuestMemoryMmap;
 use crate::seccomp::{self, SpawnError, ThreadFilter};
 use crate::test_hooks;
 
+pub mod exits;
 pub mod pause;
 
+pub use exits::{VcpuExitCounters, VcpuExitMetrics};
 pub use pause::PauseGate;
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +140,7 @@ pub struct Vcpu {
     lifecycle: Arc<Lifecycle>,
     pause_gate: Arc<PauseGate>,
     shared: Arc<VcpuShared>,
+    exits: Arc<VcpuExitCounters>,
 }
 
 /// A running vCPU thread.
@@ -237,7 +242,13 @@ impl Vcpu {
             lifecycle: setup.lifecycle.clone(),
             pause_gate: setup.pause_gate.clone(),
             shared: Arc::new(VcpuShared::default()),
+            exits: Arc::new(VcpuExitCounters::default()),
         })
+    }
+
+    /// The counts of this vCPU's exits, for `/metrics`.
+    pub fn exit_counters(&self) -> Arc<VcpuExitCounters> {
+        self.exits.clone()
     }
 
     /// Starts the vCPU on its own thread, which confines itself with `filter` before the
@@ -267,7 +278,9 @@ impl Vcpu {
                 });
                 continue;
             }
-            let outcome = match self.fd.run() {
+            let exit = self.fd.run();
+            self.exits.record(&exit);
+            let outcome = match exit {
                 // The data of a port-I/O exit is read below from kvm_run, where KVM also
                 // says how many accesses of what size it holds.
                 Ok(VcpuExit::IoIn(..) | VcpuExit::IoOut(..)) => None,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use event_manager::SubscriberOps;
 use kvm_ioctls::{Kvm, VmFd};
 
-use crate::api::{ApiError, ApiServer, ServerLimits};
+use crate::api::{ApiError, ApiServer, ServerLimits, VmControl};
 use crate::builder::{self, BuildError, EventLoop, LegacyDevices};
 use crate::config::{self, ConfigError, VmConfig};
 use crate::console::ConsoleCounters;
@@ -25,7 +25,7 @@ use crate::lifecycle::vcpu_threads::VcpuThreads;
 use crate::lifecycle::{fail_stop, signals, Lifecycle, SetupError, StopReason};
 use crate::memory::GuestMemoryMmap;
 use crate::seccomp::{Confinement, SeccompError, ThreadKind};
-use crate::vcpu::{PauseGate, Vcpu, VcpuError, VcpuSetup};
+use crate::vcpu::{PauseGate, Vcpu, VcpuError, VcpuExitMetrics, VcpuSetup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -147,9 +147,10 @@ impl Vm {
         self.legacy.console.counters()
     }
 
-    /// What the API may see of and do to this VM.
+    /// What the API may see of and do to this VM, with every metric source of the VM
+    /// registered. Called before [`Vm::run`], which takes the vCPUs.
     pub fn controller(&self) -> VmController {
-        VmController::new(
+        let controller = VmController::new(
             self.config.id.clone(),
             self.config.vcpus,
             self.config.mem_size,
@@ -158,7 +159,14 @@ impl Vm {
             self.legacy.i8042.clone(),
             self.balloon()
                 .map(|b| Arc::new(b.clone()) as Arc<dyn BalloonControl>),
-        )
+        );
+        let metrics = controller.metrics();
+        let exits = self.vcpus.iter().map(Vcpu::exit_counters).collect();
+        metrics.register("vcpus", Arc::new(VcpuExitMetrics::new(exits)));
+        if let Some(console) = self.console_counters() {
+            metrics.register("console", console);
+        }
+        controller
     }
 
     /// Runs the guest until it stops; returns why. Each vCPU thread confines itself with

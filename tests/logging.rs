@@ -22,6 +22,7 @@ use vmm::api::{ApiServer, VmControl, VmInfo, VmRequestError};
 use vmm::devices::virtio::balloon::{Balloon, BalloonConfig, BalloonControl};
 use vmm::devices::virtio::VirtioDevice;
 use vmm::logging::LogConfig;
+use vmm::metrics::Registry;
 
 /// Set by `every_level_in_its_own_process` for the scenario it runs.
 const LEVEL_VAR: &str = "VMM_TEST_LOG_LEVEL";
@@ -48,7 +49,10 @@ impl Write for LogBuffer {
 }
 
 /// A VM without a balloon, enough for the API server to answer.
-struct ModelVm;
+#[derive(Default)]
+struct ModelVm {
+    metrics: Registry,
+}
 
 impl VmControl for ModelVm {
     fn info(&self) -> VmInfo {
@@ -73,6 +77,9 @@ impl VmControl for ModelVm {
     }
     fn send_ctrl_alt_del(&self) -> Result<(), VmRequestError> {
         Err(VmRequestError::Conflict("this VM has no keyboard".into()))
+    }
+    fn metrics(&self) -> &Registry {
+        &self.metrics
     }
 }
 
@@ -171,7 +178,8 @@ fn each_message_appears_once_at_its_level() {
     // A request the API refuses, through the real server and socket.
     let dir = common::temp_dir("logging");
     let socket = dir.as_path().join("api.sock");
-    let server = ApiServer::start(&socket, Arc::new(ModelVm)).expect("start the API server");
+    let server =
+        ApiServer::start(&socket, Arc::new(ModelVm::default())).expect("start the API server");
     let answer = common::http::request(&socket, "GET", "/nowhere", None);
     assert_eq!(answer.status, 404);
     server.shutdown();

@@ -6,7 +6,8 @@
 //!
 //! Whatever the client sent, everything the server answers must be well-formed HTTP: a
 //! sequence of complete responses, each body a JSON object of its `Content-Length`, and
-//! none of them a 5xx, since the model VM never fails.
+//! none of them a 5xx, since the model VM never fails. The connection counts its answers
+//! where `GET /metrics` shows them, as the real server's do.
 //!
 //! Input: flags: u8 (bit 0: a balloon is attached; bits 1 to 3: its statistics, hinting
 //! and reporting features; bit 4: the client shuts its side down after the last chunk;
@@ -21,10 +22,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use vmm::api::connection::{Connection, ServerLimits};
+use vmm::api::request_counts::ApiRequestCounters;
 use vmm::api::{VmControl, VmInfo, VmRequestError};
+use vmm::devices::virtio::balloon::metrics::BalloonMetrics;
 use vmm::devices::virtio::balloon::{
     Balloon, BalloonConfig, BalloonControl, BalloonFeatures, BalloonHandle,
 };
+use vmm::metrics::Registry;
 use vmm::size::MIB;
 use vmm_sys_util::epoll::EventSet;
 
@@ -37,11 +41,14 @@ const MEMORY: u64 = 512 * MIB;
 /// connection that still has something to say after that many is stuck.
 const MAX_DRAIN_ROUNDS: usize = 64;
 
-/// A VM as the API sees it, with a real balloon that no driver runs.
+/// A VM as the API sees it, with a real balloon that no driver runs, and its metrics: the
+/// balloon's, as the real VM shows them, and the API's request counts. (The process's are
+/// left out: they would open `/proc/self/statm` for every input.)
 struct ModelVm {
     balloon: Option<Arc<dyn BalloonControl>>,
     shutdown: AtomicBool,
     paused: AtomicBool,
+    metrics: Registry,
 }
 
 impl ModelVm {
@@ -93,6 +100,10 @@ impl VmControl for ModelVm {
     fn send_ctrl_alt_del(&self) -> Result<(), VmRequestError> {
         self.refuse_if_stopping()
     }
+
+    fn metrics(&self) -> &Registry {
+        &self.metrics
+    }
 }
 
 fn model_vm(flags: u8) -> ModelVm {
@@ -111,10 +122,15 @@ fn model_vm(flags: u8) -> ModelVm {
         let balloon = Balloon::new(config, MEMORY).expect("a balloon");
         Arc::new(BalloonHandle::new(Arc::new(Mutex::new(balloon)))) as Arc<dyn BalloonControl>
     });
+    let metrics = Registry::new();
+    if let Some(balloon) = &balloon {
+        metrics.register("balloon", Arc::new(BalloonMetrics::new(balloon.clone())));
+    }
     ModelVm {
         balloon,
         shutdown: AtomicBool::new(false),
         paused: AtomicBool::new(false),
+        metrics,
     }
 }
 
@@ -148,7 +164,9 @@ pub fn exchange(data: &[u8]) -> Vec<u8> {
     let (mut client, server) = UnixStream::pair().expect("a socket pair");
     server.set_nonblocking(true).expect("a non-blocking socket");
     client.set_nonblocking(true).expect("a non-blocking socket");
-    let mut connection = Connection::new(server, Instant::now());
+    let requests = Arc::new(ApiRequestCounters::new());
+    vm.metrics.register("api", requests.clone());
+    let mut connection = Connection::new(server, Instant::now(), requests);
     let mut answers = Vec::new();
     let mut open = true;
 

@@ -82,6 +82,8 @@ pub enum CtlCommand {
     /// Show or stop the VM
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Print the VMM's metrics in the Prometheus text format, as GET /metrics serves them
+    Metrics,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -249,6 +251,11 @@ pub fn run(args: &CtlArgs, out: &mut dyn Write) -> Result<(), ClientError> {
             let answer = api.request("GET", "/vm", None)?;
             let vm: VmInfoBody = decode(&answer)?;
             show(out, json, &answer, |out| show_vm(out, &vm))
+        }
+        // Text for Prometheus, not JSON: shown as it came, with or without --json.
+        CtlCommand::Metrics => {
+            let answer = api.request("GET", "/metrics", None)?;
+            out.write_all(&answer).map_err(ClientError::Output)
         }
         CtlCommand::Vm(VmCommand::Shutdown) => {
             let body = to_json(&Action {

@@ -4,16 +4,18 @@
 //! order (several may arrive in one read: pipelining), and writes what the socket takes.
 //! Bytes of a request still on their way stay in the buffer until the rest arrives; the
 //! [`RequestFramer`] remembers how far it got, so they are not framed again. Every answer
-//! that refuses a request is logged once, as it is queued ([`log_refusal`]).
+//! is counted, and logged if it refuses the request, once, as it is queued (`answered`).
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::EventSet;
 
 use super::framing::{request_line, Framing, RequestFramer};
+use super::request_counts::ApiRequestCounters;
 use super::routes::{self, RequestBody, Response};
 use super::types::Fault;
 use super::VmControl;
@@ -73,10 +75,12 @@ pub struct Connection {
     /// No more requests are read; the connection closes once `output` is sent.
     closing: bool,
     last_activity: Instant,
+    /// Where the answers are counted.
+    requests: Arc<ApiRequestCounters>,
 }
 
 impl Connection {
-    pub fn new(stream: UnixStream, now: Instant) -> Self {
+    pub fn new(stream: UnixStream, now: Instant, requests: Arc<ApiRequestCounters>) -> Self {
         Connection {
             stream,
             input: Vec::new(),
@@ -87,6 +91,7 @@ impl Connection {
             peer_done: false,
             closing: false,
             last_activity: now,
+            requests,
         }
     }
 
@@ -214,7 +219,7 @@ impl Connection {
                             400,
                             "the connection was closed in the middle of a request",
                         );
-                        log_refusal(request_line(pending), &response);
+                        answered(&self.requests, request_line(pending), &response);
                         self.answer_and_close(&response, false);
                     } else if expects_continue && !self.continue_sent {
                         self.output.extend_from_slice(CONTINUE);
@@ -223,7 +228,7 @@ impl Connection {
                     return false;
                 }
                 Framing::Refused(response) => {
-                    log_refusal(request_line(pending), &response);
+                    answered(&self.requests, request_line(pending), &response);
                     self.answer_and_close(&response, false);
                 }
                 Framing::Complete(request) => {
@@ -237,7 +242,8 @@ impl Connection {
                     .unwrap_or_else(|_| {
                         Response::fault(500, "the VMM failed while answering this request")
                     });
-                    log_refusal(Some((&request.method, &request.target)), &response);
+                    let line = Some((request.method.as_str(), request.target.as_str()));
+                    answered(&self.requests, line, &response);
                     let head_only = request.method == "HEAD";
                     if request.keep_alive && !response.close {
                         self.output
@@ -265,10 +271,20 @@ impl Connection {
     }
 }
 
-/// Logs an answer that refuses a request (status 400 and above), with the request's method
-/// and target when they are known: a client's mistake as a warning, the VMM's as an error.
-/// Called once for each answer, as it is queued.
-pub(super) fn log_refusal(request: Option<(&str, &str)>, response: &Response) {
+/// Counts an answer, and logs it if it refuses the request. Called once for each answer,
+/// as it is queued, with the request's method and target when they are known.
+pub(super) fn answered(
+    requests: &ApiRequestCounters,
+    request: Option<(&str, &str)>,
+    response: &Response,
+) {
+    requests.record(request, response.status);
+    log_refusal(request, response);
+}
+
+/// Logs an answer that refuses a request (status 400 and above): a client's mistake as a
+/// warning, the VMM's as an error.
+fn log_refusal(request: Option<(&str, &str)>, response: &Response) {
     if response.status < 400 {
         return;
     }
@@ -302,7 +318,7 @@ pub fn encode(response: &Response, close: bool, head_only: bool) -> Vec<u8> {
         reason(response.status)
     );
     if let Some(body) = &response.body {
-        head.push_str("Content-Type: application/json\r\n");
+        head.push_str(&format!("Content-Type: {}\r\n", response.content_type));
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     if let Some(allow) = &response.allow {

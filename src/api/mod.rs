@@ -7,6 +7,7 @@
 //! - [`types`]: the JSON bodies on the wire.
 //! - [`socket`]: the socket file: mode 0600, stale sockets, removal.
 //! - [`socket_lock`]: the lock next to the socket that keeps two vmm off one path.
+//! - [`request_counts`]: the API's answers by route and status, for `/metrics`.
 //! - [`client`]: `vmm ctl`.
 //!
 //! The routes are documented in `docs/api.md` and described in `docs/api.yaml` (OpenAPI).
@@ -14,6 +15,7 @@
 pub mod client;
 pub mod connection;
 pub mod framing;
+pub mod request_counts;
 pub mod routes;
 pub mod server;
 pub mod socket;
@@ -25,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::devices::virtio::balloon::BalloonControl;
+use crate::metrics::Registry;
 
 pub use client::{run as run_ctl, ClientError, CtlArgs};
 pub use connection::ServerLimits;
@@ -56,6 +59,9 @@ pub trait VmControl: Send + Sync {
     fn resume(&self) -> Result<(), VmRequestError>;
     /// Types Ctrl+Alt+Del on the guest's keyboard. Returns once the keys are queued.
     fn send_ctrl_alt_del(&self) -> Result<(), VmRequestError>;
+    /// The VM's metric sources, which `GET /metrics` renders. The API server adds its
+    /// request counts there when it starts.
+    fn metrics(&self) -> &Registry;
 }
 
 /// Why the VM did not do what the API asked; the text is one sentence for the client.

@@ -46,6 +46,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/balloon/hinting/status", get_hinting_status),
     route("PATCH", "/balloon/hinting/stop", stop_hinting),
     route("PUT", "/actions", put_action),
+    route("GET", "/metrics", get_metrics),
 ];
 
 const fn route(method: &'static str, path: &'static str, handler: Handler) -> Route {
@@ -66,12 +67,17 @@ pub enum RequestBody<'a> {
     Present(&'a [u8]),
 }
 
+/// The `Content-Type` of every answer with a body but `GET /metrics`.
+pub const JSON: &str = "application/json";
+
 /// An answer ready for the HTTP layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
-    /// JSON text; `None` for 204.
+    /// JSON text (the metrics' text for `GET /metrics`); `None` for 204.
     pub body: Option<String>,
+    /// What `body` is.
+    pub content_type: &'static str,
     /// The `Allow` header of a 405.
     pub allow: Option<String>,
     /// The connection cannot carry another request after this one (its framing is lost).
@@ -83,6 +89,7 @@ impl Response {
         Response {
             status: 204,
             body: None,
+            content_type: JSON,
             allow: None,
             close: false,
         }
@@ -93,10 +100,22 @@ impl Response {
             Ok(text) => Response {
                 status: 200,
                 body: Some(text),
+                content_type: JSON,
                 allow: None,
                 close: false,
             },
             Err(e) => Response::fault(500, format!("cannot encode the answer: {e}")),
+        }
+    }
+
+    /// A 200 answer of `text` in the Prometheus text format.
+    fn metrics(text: String) -> Self {
+        Response {
+            status: 200,
+            body: Some(text),
+            content_type: crate::metrics::CONTENT_TYPE,
+            allow: None,
+            close: false,
         }
     }
 
@@ -111,6 +130,7 @@ impl Response {
         Response {
             status,
             body: Some(body),
+            content_type: JSON,
             allow: None,
             close: false,
         }
@@ -208,6 +228,10 @@ fn stop_hinting(vm: &dyn VmControl, body: RequestBody) -> Answer {
     let _: EmptyBody = optional_body(body)?;
     balloon.stop_hinting().map_err(balloon_fault)?;
     Ok(Response::no_content())
+}
+
+fn get_metrics(vm: &dyn VmControl, _: RequestBody) -> Answer {
+    Ok(Response::metrics(vm.metrics().render()))
 }
 
 fn put_action(vm: &dyn VmControl, body: RequestBody) -> Answer {

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::connection::{encode, log_refusal, Connection, ServerLimits};
+use super::connection::{answered, encode, Connection, ServerLimits};
+use super::request_counts::ApiRequestCounters;
 use super::routes::Response;
 use super::socket;
 use super::{ApiError, VmControl};
@@ -61,11 +62,14 @@ impl ApiServer {
         let (listener, socket) = socket::bind(path)?;
         listener.set_nonblocking(true).map_err(ApiError::Start)?;
         let stop = EventFd::new(EFD_NONBLOCK).map_err(ApiError::Start)?;
+        let requests = Arc::new(ApiRequestCounters::new());
+        vm.metrics().register("api", requests.clone());
         let event_loop = EventLoop::new(
             listener,
             stop.try_clone().map_err(ApiError::Start)?,
             vm,
             limits,
+            requests,
         )
         .map_err(ApiError::Start)?;
         let path = socket.path().to_path_buf();
@@ -120,6 +124,7 @@ struct EventLoop {
     next_token: u64,
     vm: Arc<dyn VmControl>,
     limits: ServerLimits,
+    requests: Arc<ApiRequestCounters>,
 }
 
 impl EventLoop {
@@ -128,6 +133,7 @@ impl EventLoop {
         stop: EventFd,
         vm: Arc<dyn VmControl>,
         limits: ServerLimits,
+        requests: Arc<ApiRequestCounters>,
     ) -> io::Result<Self> {
         let epoll = Epoll::new()?;
         epoll.ctl(
@@ -149,6 +155,7 @@ impl EventLoop {
             next_token: FIRST_CONNECTION_TOKEN,
             vm,
             limits,
+            requests,
         })
     }
 
@@ -241,7 +248,7 @@ impl EventLoop {
                     self.limits.max_connections
                 ),
             );
-            log_refusal(None, &response);
+            answered(&self.requests, None, &response);
             // Best effort: the answer fits an empty socket buffer.
             let _ = (&stream).write(&encode(&response, true, false));
             return;
@@ -254,7 +261,8 @@ impl EventLoop {
             EpollEvent::new(EventSet::IN, token),
         );
         if registered.is_ok() {
-            self.connections.insert(token, Connection::new(stream, now));
+            let connection = Connection::new(stream, now, self.requests.clone());
+            self.connections.insert(token, connection);
         }
     }
 

@@ -23,11 +23,11 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::metrics::{Counter, Exposition, MetricSource};
 use crate::seccomp::{self, SpawnError, ThreadFilter};
 
 /// Guest output held while the reader catches up. A reader that keeps up never sees more
@@ -47,30 +47,45 @@ const FLUSH_STALL: Duration = Duration::from_millis(250);
 const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// How many bytes of guest output reached the output and how many were lost. Shared
-/// with whoever reports them (a log line at exit, metrics).
+/// with whoever reports them (a log line at exit, `/metrics`).
 #[derive(Debug, Default)]
 pub struct ConsoleCounters {
-    written: AtomicU64,
-    dropped: AtomicU64,
+    written: Counter,
+    dropped: Counter,
 }
 
 impl ConsoleCounters {
     /// Bytes the output accepted.
     pub fn bytes_written(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
+        self.written.get()
     }
 
     /// Bytes lost: the buffer was full (the reader stalled) or the output refused them.
     pub fn bytes_dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.dropped.get()
     }
 
     fn add_written(&self, n: usize) {
-        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        self.written.add(n as u64);
     }
 
     fn add_dropped(&self, n: usize) {
-        self.dropped.fetch_add(n as u64, Ordering::Relaxed);
+        self.dropped.add(n as u64);
+    }
+}
+
+impl MetricSource for ConsoleCounters {
+    fn write_metrics(&self, out: &mut Exposition) {
+        out.counter(
+            "vmm_console_written_bytes_total",
+            "Bytes of guest console output written to the --serial output.",
+        )
+        .sample(&[], self.bytes_written());
+        out.counter(
+            "vmm_console_dropped_bytes_total",
+            "Bytes of guest console output dropped because the --serial output did not take them in time.",
+        )
+        .sample(&[], self.bytes_dropped());
     }
 }
 

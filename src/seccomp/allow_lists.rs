@@ -357,6 +357,9 @@ fn api_thread(list: &mut AllowList, facts: &ProcessFacts) -> Result<(), BackendE
     )?;
     // PATCH /balloon/statistics re-arms the balloon's statistics timer.
     list.allow(Sysno::timerfd_settime);
+    // GET /metrics reads the process's resident set size from `/proc/self/statm`, a file
+    // opened before the filter was installed; reading at offset 0 needs no seek.
+    list.allow(Sysno::pread64);
     // When the server stops, it removes its socket file, after checking that the path
     // still names the socket it created (so that it never removes another's).
     list.allow(Sysno::statx);

@@ -418,8 +418,28 @@ fn off_spawns_a_thread_with_no_filter_of_its_own() {
     assert_eq!(seccomp_lines(&spawned), seccomp_lines(&spawner));
 }
 
-/// The API as vmm serves it, over a VM with a real balloon and no guest.
-struct BalloonOnlyVm(Arc<crate::devices::virtio::balloon::BalloonHandle>);
+/// The API as vmm serves it, over a VM with a real balloon and no guest, and the metric
+/// sources `VmController` registers (the process's RSS file is opened here, before any
+/// filter, as in vmm).
+struct BalloonOnlyVm {
+    balloon: Arc<crate::devices::virtio::balloon::BalloonHandle>,
+    metrics: crate::metrics::Registry,
+}
+
+impl BalloonOnlyVm {
+    fn new(balloon: crate::devices::virtio::balloon::BalloonHandle) -> Self {
+        use crate::devices::virtio::balloon::metrics::BalloonMetrics;
+        use crate::metrics::{ProcessMetrics, Registry};
+
+        let balloon = Arc::new(balloon);
+        let metrics = Registry::new();
+        let process = ProcessMetrics::new(std::time::Instant::now());
+        metrics.register("process", Arc::new(process));
+        let source = BalloonMetrics::new(balloon.clone());
+        metrics.register("balloon", Arc::new(source));
+        BalloonOnlyVm { balloon, metrics }
+    }
+}
 
 impl crate::api::VmControl for BalloonOnlyVm {
     fn info(&self) -> crate::api::VmInfo {
@@ -433,7 +453,7 @@ impl crate::api::VmControl for BalloonOnlyVm {
     }
 
     fn balloon(&self) -> Option<Arc<dyn crate::devices::virtio::balloon::BalloonControl>> {
-        Some(self.0.clone())
+        Some(self.balloon.clone())
     }
 
     fn request_shutdown(&self) {}
@@ -450,6 +470,10 @@ impl crate::api::VmControl for BalloonOnlyVm {
         Err(crate::api::VmRequestError::Conflict(
             "no keyboard here".into(),
         ))
+    }
+
+    fn metrics(&self) -> &crate::metrics::Registry {
+        &self.metrics
     }
 }
 
@@ -476,7 +500,7 @@ fn the_api_server_serves_and_stops_under_its_filter() {
     let confinement = Confinement::new(SeccompMode::Enforce).unwrap();
     let config = "stats=1".parse::<BalloonConfig>().unwrap();
     let balloon = Balloon::new(config, 64 << 20).unwrap();
-    let vm = BalloonOnlyVm(Arc::new(BalloonHandle::new(Arc::new(Mutex::new(balloon)))));
+    let vm = BalloonOnlyVm::new(BalloonHandle::new(Arc::new(Mutex::new(balloon))));
     let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmm-seccomp-").unwrap();
     let socket = dir.as_path().join("api.sock");
     let server = ApiServer::start_confined(

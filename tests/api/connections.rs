@@ -7,6 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use vmm::api::connection::Connection;
+use vmm::api::request_counts::ApiRequestCounters;
 use vmm::api::ServerLimits;
 use vmm_sys_util::epoll::EventSet;
 
@@ -181,7 +182,8 @@ fn trickle(request: &str) -> (u64, u16) {
     let limits = ServerLimits::default();
     let (mut client, server) = UnixStream::pair().unwrap();
     server.set_nonblocking(true).unwrap();
-    let mut connection = Connection::new(server, Instant::now());
+    let requests = Arc::new(ApiRequestCounters::new());
+    let mut connection = Connection::new(server, Instant::now(), requests);
     for byte in request.as_bytes() {
         client.write_all(&[*byte]).unwrap();
         assert!(connection.on_ready(EventSet::IN, &vm, &limits, Instant::now()));

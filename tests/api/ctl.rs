@@ -502,3 +502,17 @@ fn ctl_does_not_wait_for_a_vmm_that_takes_no_connections() {
         "not taking connections",
     );
 }
+
+#[test]
+fn ctl_metrics_prints_the_text_as_served() {
+    let h = Harness::new(Some(all_features()));
+    let out = ctl_ok(&h.socket, &["metrics"]);
+    assert!(
+        out.contains("# TYPE vmm_balloon_actual_bytes gauge\n"),
+        "{out}"
+    );
+    assert!(out.ends_with('\n'));
+    // Text for Prometheus, not JSON: the same with --json.
+    let json = ctl_ok(&h.socket, &["--json", "metrics"]);
+    assert!(json.starts_with("# HELP "), "{json}");
+}

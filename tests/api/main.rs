@@ -8,8 +8,9 @@
 //!   its own. The HTTP client is the one the boot tests use, in `tests/common/http.rs`.
 //! - The tests: [`routes`] (what every route does), [`errors`] (what is refused, and how),
 //!   [`connections`] (keep-alive, pipelining, slow and many clients, limits),
-//!   [`socket_file`] (the socket's life on disk), [`ctl`] (`vmm ctl`) and [`openapi`]
-//!   (docs/api.yaml against what the server serves).
+//!   [`socket_file`] (the socket's life on disk), [`ctl`] (`vmm ctl`), [`metrics`]
+//!   (`GET /metrics`, checked by `promtool`) and [`openapi`] (docs/api.yaml against what
+//!   the server serves).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -20,6 +21,7 @@ mod model;
 mod connections;
 mod ctl;
 mod errors;
+mod metrics;
 mod openapi;
 mod routes;
 mod socket_file;

@@ -6,12 +6,15 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use vmm::api::{VmControl, VmInfo, VmRequestError};
+use vmm::devices::virtio::balloon::metrics::BalloonMetrics;
 use vmm::devices::virtio::balloon::{
-    target_pages, BalloonConfig, BalloonControl, BalloonError, BalloonFeatures, BalloonInfo,
-    BalloonStatistics, GuestStats, HintingStatus,
+    target_pages, BalloonConfig, BalloonControl, BalloonCounters, BalloonError, BalloonFeatures,
+    BalloonInfo, BalloonStatistics, GuestStats, HintingStatus,
 };
+use vmm::metrics::{ProcessMetrics, Registry};
 use vmm::size::{GIB, MIB, PAGE_SIZE};
 
 /// The model VM's instance ID.
@@ -31,6 +34,7 @@ pub struct BalloonState {
     pub stats: GuestStats,
     pub last_update_age_ms: Option<u64>,
     pub unknown_tags: u64,
+    pub counters: BalloonCounters,
 }
 
 /// A balloon that behaves as the interface promises: it checks its features and limits,
@@ -60,6 +64,7 @@ impl ModelBalloon {
                 stats: GuestStats::default(),
                 last_update_age_ms: None,
                 unknown_tags: 0,
+                counters: BalloonCounters::default(),
             }),
             changes: Mutex::new(Vec::new()),
         }
@@ -160,10 +165,16 @@ impl BalloonControl for ModelBalloon {
         self.log("stop_hinting".to_string());
         Ok(())
     }
+
+    fn counters(&self) -> BalloonCounters {
+        self.state().counters
+    }
 }
 
 /// A VM that counts the shutdowns and key presses asked of it and knows whether it is
-/// paused; once stopping, it refuses the rest as the real one does.
+/// paused; once stopping, it refuses the rest as the real one does. Its metrics are the
+/// real sources of the process and of the (model) balloon, so `/metrics` shows what a VM
+/// shows.
 pub struct ModelVm {
     balloon: Option<Arc<ModelBalloon>>,
     shutdowns: AtomicUsize,
@@ -171,16 +182,24 @@ pub struct ModelVm {
     ctrl_alt_dels: AtomicUsize,
     /// The guest does not read its keyboard: Ctrl+Alt+Del is refused.
     keyboard_full: AtomicBool,
+    metrics: Registry,
 }
 
 impl ModelVm {
     pub fn new(balloon: Option<Arc<ModelBalloon>>) -> Self {
+        let metrics = Registry::new();
+        metrics.register("process", Arc::new(ProcessMetrics::new(Instant::now())));
+        if let Some(balloon) = &balloon {
+            let control: Arc<dyn BalloonControl> = balloon.clone();
+            metrics.register("balloon", Arc::new(BalloonMetrics::new(control)));
+        }
         ModelVm {
             balloon,
             shutdowns: AtomicUsize::new(0),
             paused: AtomicBool::new(false),
             ctrl_alt_dels: AtomicUsize::new(0),
             keyboard_full: AtomicBool::new(false),
+            metrics,
         }
     }
 
@@ -256,6 +275,10 @@ impl VmControl for ModelVm {
 
     fn request_shutdown(&self) {
         self.shutdowns.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn metrics(&self) -> &Registry {
+        &self.metrics
     }
 }
 

@@ -19,6 +19,7 @@
 #![allow(dead_code)] // Each test crate uses its own part of this module.
 
 pub mod http;
+pub mod promtool;
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;

@@ -4,7 +4,7 @@
 
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::timerfd::TimerFd;
@@ -15,7 +15,7 @@ use super::inflate::{process_deflate, process_inflate, DeflateOutcome, InflateOu
 use super::layout::{QueueLayout, QueueRole};
 use super::ranges::DiscardOutcome;
 use super::reporting::{process_reporting, ReportingOutcome};
-use super::stats::StatsState;
+use super::stats::{StatsOutcome, StatsState};
 use super::warnings::{Warning, Warnings};
 use super::{
     target_pages, BalloonConfig, BalloonError, BalloonInfo, BalloonStatistics, HintingStatus,
@@ -26,6 +26,7 @@ use crate::devices::virtio::{
     VIRTIO_ID_BALLOON,
 };
 use crate::memory::GuestMemoryMmap;
+use crate::metrics::LatencyHistogram;
 
 /// Entries in every balloon queue. Linux sends one inflate/deflate buffer at a time, up to
 /// 32 reports and up to a queue's worth of hints; 256 leaves the guest room for all.
@@ -39,8 +40,9 @@ pub enum BalloonSetupError {
     Timer(#[source] std::io::Error),
 }
 
-/// Running totals of what the guest gave and what went back to the host. The guest
-/// drives every one of them, so they saturate at `u64::MAX` rather than wrap.
+/// Running totals of what the guest gave and what went back to the host, and of each
+/// queue's work. The guest drives every one of them, so they saturate at `u64::MAX` rather
+/// than wrap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BalloonCounters {
     /// Pages the guest put in the balloon (each distinct page of a notification once).
@@ -53,39 +55,103 @@ pub struct BalloonCounters {
     pub hinted_bytes: u64,
     /// Bytes given back to the host, by all three means.
     pub discarded_bytes: u64,
+    /// Of those, by each means: inflating, free page reporting, free page hinting.
+    pub inflate_discarded_bytes: u64,
+    pub reporting_discarded_bytes: u64,
+    pub hinting_discarded_bytes: u64,
     /// Bytes the guest offered that were not given back: outside RAM, failed, stale
     /// hints or poisoned reports.
     pub kept_bytes: u64,
     /// Discard system calls made; merging keeps this far below the page count.
     pub discard_calls: u64,
+    /// Discard system calls the host refused.
+    pub discard_failures: u64,
+    /// Statistics buffers the guest sent (each one an update of every statistic).
+    pub stats_updates: u64,
+    /// Configuration interrupts raised (a new target, a hinting command).
+    pub config_interrupts: u64,
+    /// Each queue's work, by [`QueueRole`] (see [`BalloonCounters::queue`]).
+    pub queues: [QueueCounters; 5],
+}
+
+/// The work one balloon queue did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounters {
+    /// Notifications the device processed. Kicks that arrive while the device is busy
+    /// with the queue are seen together, as one (the eventfd counts them up).
+    pub notifications: u64,
+    /// Buffers the device gave back to the driver.
+    pub buffers: u64,
+    /// Used-buffer interrupts the device raised for the queue.
+    pub interrupts: u64,
+    /// How long the device took for each notification, from taking the first buffer to
+    /// raising the interrupt.
+    pub processing: LatencyHistogram,
 }
 
 impl BalloonCounters {
+    /// The counters of the queue serving `role`.
+    pub fn queue(&self, role: QueueRole) -> &QueueCounters {
+        &self.queues[role.slot()]
+    }
+
     fn count_inflate(&mut self, outcome: &InflateOutcome) {
         self.inflated_pages = self.inflated_pages.saturating_add(outcome.pages);
         let offered = outcome.pages.saturating_mul(BALLOON_PAGE_SIZE);
-        self.count_discard(offered, &outcome.discard);
+        let discarded = self.count_discard(offered, &outcome.discard);
+        self.inflate_discarded_bytes = self.inflate_discarded_bytes.saturating_add(discarded);
     }
 
     fn count_deflate(&mut self, outcome: &DeflateOutcome) {
         self.deflated_pages = self.deflated_pages.saturating_add(outcome.pages);
     }
 
+    fn count_stats(&mut self, outcome: &StatsOutcome) {
+        self.stats_updates = self.stats_updates.saturating_add(outcome.updates);
+    }
+
     fn count_hinting(&mut self, outcome: &HintingOutcome) {
         self.hinted_bytes = self.hinted_bytes.saturating_add(outcome.hinted);
-        self.count_discard(outcome.hinted, &outcome.discard);
+        let discarded = self.count_discard(outcome.hinted, &outcome.discard);
+        self.hinting_discarded_bytes = self.hinting_discarded_bytes.saturating_add(discarded);
     }
 
     fn count_reporting(&mut self, outcome: &ReportingOutcome) {
         self.reported_bytes = self.reported_bytes.saturating_add(outcome.reported);
-        self.count_discard(outcome.reported, &outcome.discard);
+        let discarded = self.count_discard(outcome.reported, &outcome.discard);
+        self.reporting_discarded_bytes = self.reporting_discarded_bytes.saturating_add(discarded);
     }
 
-    fn count_discard(&mut self, offered: u64, outcome: &DiscardOutcome) {
+    /// Adds what discarding `offered` bytes by one means did; returns the bytes it gave
+    /// back, for that means' own total.
+    fn count_discard(&mut self, offered: u64, outcome: &DiscardOutcome) -> u64 {
         self.discarded_bytes = self.discarded_bytes.saturating_add(outcome.discarded);
         self.discard_calls = self.discard_calls.saturating_add(outcome.calls);
+        self.discard_failures = self.discard_failures.saturating_add(outcome.failed_calls);
         let kept = offered.saturating_sub(outcome.discarded);
         self.kept_bytes = self.kept_bytes.saturating_add(kept);
+        outcome.discarded
+    }
+
+    fn count_config_interrupt(&mut self) {
+        self.config_interrupts = self.config_interrupts.saturating_add(1);
+    }
+
+    /// One notification of `role`'s queue processed: `returned` buffers given back (and an
+    /// interrupt raised if any were), in `took`.
+    fn count_notification(&mut self, role: QueueRole, returned: usize, took: Duration) {
+        let queue = &mut self.queues[role.slot()];
+        queue.notifications = queue.notifications.saturating_add(1);
+        queue.buffers = queue.buffers.saturating_add(returned as u64);
+        queue.interrupts = queue.interrupts.saturating_add(u64::from(returned > 0));
+        queue.processing.observe(took);
+    }
+
+    /// A statistics buffer handed back on the polling timer, with its interrupt.
+    fn count_stats_poll(&mut self) {
+        let stats = &mut self.queues[QueueRole::Stats.slot()];
+        stats.buffers = stats.buffers.saturating_add(1);
+        stats.interrupts = stats.interrupts.saturating_add(1);
     }
 }
 
@@ -293,9 +359,10 @@ impl Balloon {
         }
     }
 
-    fn notify_config_change(&self) {
+    fn notify_config_change(&mut self) {
         if let Some(running) = &self.running {
             running.interrupt.trigger(InterruptKind::Config);
+            self.counters.count_config_interrupt();
         }
     }
 
@@ -334,10 +401,12 @@ impl Balloon {
             .request_update(queue, &running.mem, &mut self.warnings)
         {
             running.interrupt.trigger(InterruptKind::Queue);
+            self.counters.count_stats_poll();
         }
     }
 
     fn process_role(&mut self, role: QueueRole) {
+        let started = Instant::now();
         let may_discard_reports = !self.reported_pages_keep_poison();
         let Some(running) = self.running.as_mut() else {
             return;
@@ -362,7 +431,11 @@ impl Balloon {
                 counters.count_deflate(&out);
                 out.returned
             }
-            QueueRole::Stats => self.stats.process_queue(queue, mem, warnings),
+            QueueRole::Stats => {
+                let out = self.stats.process_queue(queue, mem, warnings);
+                counters.count_stats(&out);
+                out.returned
+            }
             QueueRole::FreePageHint => {
                 let out = process_hinting(&mut self.hinting, queue, mem, warnings);
                 counters.count_hinting(&out);
@@ -380,7 +453,9 @@ impl Balloon {
         }
         if config_changed {
             running.interrupt.trigger(InterruptKind::Config);
+            counters.count_config_interrupt();
         }
+        counters.count_notification(role, returned, started.elapsed());
     }
 }
 

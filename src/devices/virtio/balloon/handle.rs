@@ -9,7 +9,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::{Balloon, BalloonControl, BalloonError, BalloonInfo, BalloonStatistics, HintingStatus};
+use super::{
+    Balloon, BalloonControl, BalloonCounters, BalloonError, BalloonInfo, BalloonStatistics,
+    HintingStatus,
+};
 use crate::sync::lock;
 
 /// A running balloon, shared with its transport and the event loop.
@@ -51,6 +54,10 @@ impl BalloonControl for BalloonHandle {
 
     fn stop_hinting(&self) -> Result<(), BalloonError> {
         lock(&self.balloon).stop_hinting()
+    }
+
+    fn counters(&self) -> BalloonCounters {
+        lock(&self.balloon).counters()
     }
 }
 

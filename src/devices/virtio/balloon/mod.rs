@@ -12,6 +12,7 @@
 //! - `ranges`: PFN merging and discarding guest ranges that may straddle RAM regions.
 //! - `budget`: how much work one notification may cause, so none holds the device for long.
 //! - `handle`: [`BalloonHandle`], the running balloon behind [`BalloonControl`].
+//! - [`metrics`]: what `/metrics` shows of a balloon, read through [`BalloonControl`].
 //! - `chains`, `warnings`: taking buffers off a queue and giving them back; logging a
 //!   misbehaving guest once per kind of fault.
 //!
@@ -26,6 +27,7 @@ mod handle;
 mod hinting;
 mod inflate;
 pub mod layout;
+pub mod metrics;
 mod ranges;
 mod reporting;
 mod stats;
@@ -39,7 +41,7 @@ mod test_util;
 mod transport_tests;
 
 pub use config::{BalloonConfigError, MAX_STATS_INTERVAL_S};
-pub use device::{Balloon, BalloonCounters, BalloonSetupError};
+pub use device::{Balloon, BalloonCounters, BalloonSetupError, QueueCounters};
 pub use handle::BalloonHandle;
 pub use layout::{QueueLayout, QueueRole};
 
@@ -205,4 +207,6 @@ pub trait BalloonControl: Send + Sync {
     fn hinting_status(&self) -> Result<HintingStatus, BalloonError>;
     /// Ends a hinting run: the host sets DONE so the guest may reuse the hinted pages.
     fn stop_hinting(&self) -> Result<(), BalloonError>;
+    /// Running totals of pages given and returned and of each queue's work, for metrics.
+    fn counters(&self) -> BalloonCounters;
 }

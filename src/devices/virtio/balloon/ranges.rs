@@ -75,6 +75,8 @@ pub(super) struct DiscardOutcome {
     pub first_error: Option<DiscardError>,
     /// Discard calls made.
     pub calls: u64,
+    /// Discard calls that failed.
+    pub failed_calls: u64,
 }
 
 impl DiscardOutcome {
@@ -84,6 +86,7 @@ impl DiscardOutcome {
         self.outside_ram = self.outside_ram.saturating_add(other.outside_ram);
         self.failed = self.failed.saturating_add(other.failed);
         self.calls = self.calls.saturating_add(other.calls);
+        self.failed_calls = self.failed_calls.saturating_add(other.failed_calls);
         self.first_outside = self.first_outside.or(other.first_outside);
         if self.first_error.is_none() {
             self.first_error = other.first_error;
@@ -109,6 +112,7 @@ pub(super) fn discard_in_ram(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Disc
                     Ok(()) => outcome.discarded += chunk,
                     Err(e) => {
                         outcome.failed += chunk;
+                        outcome.failed_calls += 1;
                         outcome.first_error.get_or_insert(e);
                     }
                 }
@@ -219,6 +223,22 @@ mod tests {
     }
 
     #[test]
+    fn a_discard_the_host_refuses_is_counted_as_failed() {
+        let mem =
+            create_guest_memory(&[(GuestAddress(0), 4 * MIB)], MemoryBacking::Anonymous).unwrap();
+        let host = mem.get_host_address(GuestAddress(MIB)).unwrap();
+        // SAFETY: one page of a mapping `mem` owns; locking it changes no contents.
+        assert_eq!(unsafe { libc::mlock(host.cast(), 4096) }, 0, "mlock");
+        // MADV_DONTNEED refuses a range with locked pages.
+        let outcome = discard_in_ram(&mem, MIB, 2 * 4096);
+        assert_eq!((outcome.calls, outcome.failed_calls), (1, 1));
+        assert_eq!((outcome.discarded, outcome.failed), (0, 2 * 4096));
+        assert!(outcome.first_error.is_some());
+        // SAFETY: as above.
+        unsafe { libc::munlock(host.cast(), 4096) };
+    }
+
+    #[test]
     fn a_range_across_the_mmio_gap_is_split_at_the_regions() {
         // RAM in two regions with a hole between them, as below and above an MMIO gap.
         const GAP_START: u64 = 16 * MIB;
@@ -250,6 +270,7 @@ mod tests {
             failed: 0,
             first_error: None,
             calls: 1,
+            failed_calls: 0,
         });
         total.absorb(DiscardOutcome {
             outside_ram: 1,

@@ -65,6 +65,15 @@ pub(super) fn decode(bytes: &[u8]) -> DecodedStats {
     out
 }
 
+/// What one round of statsq did.
+#[derive(Debug, Default)]
+pub(super) struct StatsOutcome {
+    /// Buffers that went back to the driver.
+    pub returned: usize,
+    /// Buffers read as fresh statistics.
+    pub updates: u64,
+}
+
 /// What the device knows and holds of the statistics exchange.
 #[derive(Debug, Default)]
 pub(super) struct StatsState {
@@ -85,14 +94,14 @@ impl StatsState {
         self.last_update
     }
 
-    /// Reads every buffer available on statsq; keeps the newest valid one. Returns how
-    /// many buffers went back to the driver.
+    /// Reads every buffer available on statsq; keeps the newest valid one.
     pub fn process_queue(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
         warnings: &mut Warnings,
-    ) -> usize {
+    ) -> StatsOutcome {
+        let mut outcome = StatsOutcome::default();
         let mut to_return = Vec::new();
         for chain in take_available(queue, mem, warnings) {
             let head = chain.head_index();
@@ -105,6 +114,7 @@ impl StatsState {
                     }
                     self.latest = decoded;
                     self.last_update = Some(Instant::now());
+                    outcome.updates += 1;
                     if let Some(previous) = self.held.replace(head) {
                         warnings.warn(Warning::StatsSecondBuffer, format_args!("head {previous}"));
                         to_return.push(previous);
@@ -126,7 +136,8 @@ impl StatsState {
                 }
             }
         }
-        give_back(queue, mem, &to_return, warnings)
+        outcome.returned = give_back(queue, mem, &to_return, warnings);
+        outcome
     }
 
     /// Hands the held buffer back, asking the driver for fresh statistics. Returns whether
