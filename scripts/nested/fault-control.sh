@@ -17,7 +17,8 @@
 # Each boot ends as one of: completed; triple fault (the vmm's message, or for QEMU, which
 # turns the fault into a reset and exits under -no-reboot, a reset the guest did not ask
 # for; L1's kernel records the KVM_EXIT_SHUTDOWN either way); guest panic; stall (the boot
-# time limit passed: with a vCPU spinning in guest mode, or halted); L1 died (panicked or
+# time limit passed: with a vCPU spinning in KVM_RUN, or all halted, or the guest was still
+# printing, only too slow); L1 died (panicked or
 # froze: a fresh L1 then goes on with the next boot); other. Each is placed in its phase:
 # boot (before the guest's ready marker) or workload. At the end a table of the counts per
 # VMM is printed and kept, with the raw logs of every boot and of every L1, under
@@ -117,7 +118,12 @@ classify() {
     panic=$(grep -a -m 1 -o 'Kernel panic - not syncing: .*' "$console" || true)
     if grep -aq 'triple-faulted on vCPU' "$stderr" || [[ $shutdowns != - && $shutdowns -gt 0 ]]; then
         detail="$(grep -a -m 1 -o 'the guest triple-faulted on vCPU [0-9]*' "$stderr" || true)"
-        detail+="${detail:+; }L1 saw $shutdowns KVM_EXIT_SHUTDOWN; $bytes console bytes"
+        detail+="${detail:+; }L1 saw $shutdowns KVM_EXIT_SHUTDOWN"
+        # L1's record of the shutdown intercept: the guest's RIP, and the event it was
+        # delivering (intr_info, error_code) when it faulted.
+        detail+="$(grep -a -m 1 -o 'reason shutdown rip [^ ]*' "$base.trace" | sed 's/^reason shutdown/ at/')"
+        detail+="$(grep -a -m 1 -o 'intr_info [^ ]* error_code [^ ]*' "$base.trace" | sed 's/^/, /')"
+        detail+="; $bytes console bytes"
         printf 'triple fault\t%s\t%s\n' "$phase" "$detail"
     elif [[ -n $panic ]]; then
         printf 'guest panic\t%s\t%s\n' "$phase" "$panic"
@@ -136,8 +142,11 @@ classify() {
         else
             kind="stall, halted"
         fi
-        printf '%s\t%s\tvCPU ticks/s %s; VM exits in 2 s: %s (%s); %s bytes in the 5 s after the limit\n' \
-            "$kind" "$phase" "$ticks" "$(field exits "$result")" "$(field top "$result")" "$after"
+        local exits
+        exits=$(field exits "$result")
+        [[ $exits =~ ^[0-9]+$ ]] && exits="; VM exits in 2 s: $exits ($(field top "$result"))" || exits=""
+        printf '%s\t%s\tvCPU ticks/s %s%s; %s bytes in the 5 s after the limit\n' \
+            "$kind" "$phase" "$ticks" "$exits" "$after"
     elif [[ $vmm == qemu && $status == 0 && $shutdowns == - ]] &&
         ! grep -aq 'reboot: Restarting system' "$console"; then
         # Without L1's trace: QEMU exited as on a reset the guest never asked for.
@@ -186,9 +195,9 @@ collect_run() {
 # Prints the table of counts per VMM from results.tsv.
 report() {
     local vmm
-    printf '%-5s %6s %10s %13s %13s %12s %15s %13s %9s %15s %6s\n' VMM boots completed \
+    printf '%-5s %5s %9s %13s %13s %11s %14s %12s %8s %13s %13s %5s\n' VMM boots completed \
         'triple: boot' 'triple: work' 'guest panic' 'stall spinning' 'stall halted' \
-        'too slow' 'L1 died: b/w' other
+        'too slow' 'L1 died: boot' 'L1 died: work' other
     for vmm in vmm qemu; do
         awk -F'\t' -v vmm="$vmm" '
             $2 == vmm {
@@ -205,8 +214,8 @@ report() {
                 else other++
             }
             END {
-                printf "%-5s %6d %10d %13d %13d %12d %15d %13d %9d %15s %6d\n", vmm, boots, done,
-                    tb, tw, panic, spin, halt, slow, (l1b + 0) "/" (l1w + 0), other
+                printf "%-5s %5d %9d %13d %13d %11d %14d %12d %8d %13d %13d %5d\n", vmm, boots,
+                    done, tb, tw, panic, spin, halt, slow, l1b, l1w, other
             }' "$OUT/results.tsv"
     done
     awk -F'\t' '$7 != "-" { n++; s += $7; if (min == "" || $7 < min) min = $7; if ($7 > max) max = $7 }
