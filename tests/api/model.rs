@@ -12,6 +12,7 @@ use vmm::devices::virtio::balloon::{
     target_pages, BalloonConfig, BalloonControl, BalloonError, BalloonFeatures, BalloonInfo,
     BalloonStatistics, GuestStats, HintingStatus,
 };
+use vmm::memory::MemoryBacking;
 use vmm::size::{GIB, MIB, PAGE_SIZE};
 
 /// The model VM's memory, and so the largest balloon.
@@ -29,6 +30,8 @@ pub struct BalloonState {
     pub stats: GuestStats,
     pub last_update_age_ms: Option<u64>,
     pub unknown_tags: u64,
+    pub memory_backing: MemoryBacking,
+    pub partial_huge_pages: u64,
 }
 
 /// A balloon that behaves as the interface promises: it checks its features and limits,
@@ -58,6 +61,8 @@ impl ModelBalloon {
                 stats: GuestStats::default(),
                 last_update_age_ms: None,
                 unknown_tags: 0,
+                memory_backing: MemoryBacking::Anonymous,
+                partial_huge_pages: 0,
             }),
             changes: Mutex::new(Vec::new()),
         }
@@ -90,6 +95,8 @@ impl BalloonControl for ModelBalloon {
             stats_interval_s: state.stats_interval_s,
             driver_ready: state.driver_ready,
             acked_features: 0,
+            memory_backing: state.memory_backing,
+            partial_huge_pages: state.partial_huge_pages,
         }
     }
 

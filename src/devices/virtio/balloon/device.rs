@@ -11,6 +11,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::config::ConfigSpace;
 use super::hinting::{process_hinting, HintingState};
+use super::huge_pages::HugePageTracker;
 use super::inflate::{process_deflate, process_inflate};
 use super::layout::{QueueLayout, QueueRole};
 use super::ranges::DiscardOutcome;
@@ -25,7 +26,7 @@ use crate::devices::virtio::{
     ActivateError, Activation, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
     VIRTIO_ID_BALLOON,
 };
-use crate::memory::GuestMemoryMmap;
+use crate::memory::{GuestMemoryMmap, MemoryBacking};
 
 /// Entries in every balloon queue. Linux sends one inflate/deflate buffer at a time, up to
 /// 32 reports and up to a queue's worth of hints; 256 leaves the guest room for all.
@@ -65,6 +66,15 @@ impl BalloonCounters {
         self.discard_calls += outcome.calls;
         self.kept_bytes += offered.saturating_sub(outcome.discarded);
     }
+
+    /// An inflate's discards: with a huge-page backing a notification frees whole huge
+    /// pages, which may hold pages inflated earlier, and keeps the pages of huge pages not
+    /// complete yet for later; so what is kept for good is what lay outside RAM or failed.
+    fn count_inflate_discard(&mut self, outcome: &DiscardOutcome) {
+        self.discarded_bytes += outcome.discarded;
+        self.discard_calls += outcome.calls;
+        self.kept_bytes += outcome.outside_ram + outcome.failed;
+    }
 }
 
 /// What the device holds while the driver runs it.
@@ -74,6 +84,8 @@ struct Running {
     queues: [Option<Queue>; 5],
     acked_features: u64,
     interrupt: Arc<dyn VirtioInterrupt>,
+    /// With a huge-page backing: which pages are in the balloon, per huge page.
+    huge_pages: Option<HugePageTracker>,
 }
 
 impl Running {
@@ -90,6 +102,8 @@ impl Running {
 pub struct Balloon {
     config: BalloonConfig,
     guest_memory_bytes: u64,
+    /// What backs guest RAM, and so in what units memory can go back to the host.
+    memory_backing: MemoryBacking,
     layout: QueueLayout,
     queue_max_sizes: Vec<u16>,
     target_pages: u32,
@@ -125,6 +139,7 @@ impl Balloon {
         Ok(Balloon {
             config,
             guest_memory_bytes,
+            memory_backing: MemoryBacking::default(),
             layout,
             queue_max_sizes: vec![QUEUE_MAX_SIZE; layout.len()],
             target_pages,
@@ -138,6 +153,13 @@ impl Balloon {
             counters: BalloonCounters::default(),
             warnings: Warnings::default(),
         })
+    }
+
+    /// Tells the balloon what backs guest RAM (`anon` if never told). With a huge-page
+    /// backing it frees only whole 2 MiB pages and keeps track of partly ballooned ones.
+    pub fn with_memory_backing(mut self, backing: MemoryBacking) -> Balloon {
+        self.memory_backing = backing;
+        self
     }
 
     /// The configuration the balloon was created with.
@@ -159,6 +181,12 @@ impl Balloon {
             stats_interval_s: self.stats_interval_s,
             driver_ready: self.running.is_some(),
             acked_features: self.running.as_ref().map_or(0, |r| r.acked_features),
+            memory_backing: self.memory_backing,
+            partial_huge_pages: self
+                .running
+                .as_ref()
+                .and_then(|r| r.huge_pages.as_ref())
+                .map_or(0, HugePageTracker::partial_huge_pages),
         }
     }
 
@@ -320,31 +348,34 @@ impl Balloon {
             return;
         };
         let mem = &running.mem;
+        let huge_pages = running.huge_pages.as_mut();
+        let host_page_size = self.memory_backing.host_page_size();
         let warnings = &mut self.warnings;
         let counters = &mut self.counters;
         let mut config_changed = false;
         let returned = match role {
             QueueRole::Inflate => {
-                let out = process_inflate(queue, mem, warnings);
+                let out = process_inflate(queue, mem, huge_pages, warnings);
                 counters.inflated_pages += out.pages;
-                counters.count_discard(out.pages * BALLOON_PAGE_SIZE, &out.discard);
+                counters.count_inflate_discard(&out.discard);
                 out.returned
             }
             QueueRole::Deflate => {
-                let out = process_deflate(queue, mem, warnings);
+                let out = process_deflate(queue, mem, huge_pages, warnings);
                 counters.deflated_pages += out.pages;
                 out.returned
             }
             QueueRole::Stats => self.stats.process_queue(queue, mem, warnings),
             QueueRole::FreePageHint => {
-                let out = process_hinting(&mut self.hinting, queue, mem, warnings);
+                let out = process_hinting(&mut self.hinting, queue, mem, host_page_size, warnings);
                 counters.hinted_bytes += out.hinted;
                 counters.count_discard(out.hinted, &out.discard);
                 config_changed = out.config_changed;
                 out.returned
             }
             QueueRole::Reporting => {
-                let out = process_reporting(queue, mem, may_discard_reports, warnings);
+                let out =
+                    process_reporting(queue, mem, may_discard_reports, host_page_size, warnings);
                 counters.reported_bytes += out.reported;
                 counters.count_discard(out.reported, &out.discard);
                 out.returned
@@ -442,11 +473,16 @@ impl VirtioDevice for Balloon {
             }
             by_role[role.slot()] = Some(queue);
         }
+        let huge_pages = self
+            .memory_backing
+            .uses_huge_pages()
+            .then(|| HugePageTracker::new(&mem));
         self.running = Some(Running {
             mem,
             queues: by_role,
             acked_features,
             interrupt,
+            huge_pages,
         });
         self.arm_stats_timer();
         Ok(())
