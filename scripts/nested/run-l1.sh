@@ -14,7 +14,8 @@
 #
 # Environment: VMM_L1_MEM (default 8G), VMM_L1_CPUS (default 2), VMM_L1_TIMEOUT (seconds,
 # default 3000), VMM_L1_STALL_TIMEOUT (seconds without a heartbeat from L1 before it is
-# ended, default 600); neither limit applies with --interactive. VMM_CACHE_DIR.
+# ended, default 600); neither limit applies with --interactive. VMM_L1_HUGEPAGES: 2 MiB
+# hugetlb pages L1 reserves as it boots (default 0: none). VMM_CACHE_DIR.
 set -euo pipefail
 # shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
@@ -52,7 +53,7 @@ qemu=(qemu-system-x86_64
     -smp "${VMM_L1_CPUS:-2}" -m "${VMM_L1_MEM:-8G}"
     -nodefaults -no-user-config -display none -no-reboot
     -kernel "$CACHE_DIR/vmlinuz" -initrd "$WORK/l1.cpio"
-    -append "console=ttyS0 quiet panic=-1 mitigations=off")
+    -append "console=ttyS0 quiet panic=-1 mitigations=off hugepages=${VMM_L1_HUGEPAGES:-0}")
 
 # Ends QEMU when L1's heartbeat (l1-init writes one to the second serial port every 20 s)
 # has not grown for $stall_limit seconds: a frozen L1 then costs minutes, not the whole
