@@ -295,8 +295,8 @@ pub fn create_guest_memory(
                 let builder = MmapRegionBuilder::new(len_usize)
                     .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
                     // Not MAP_NORESERVE: the kernel reserves the huge pages now, so a pool
-                    // too small fails here and not at a page fault in the guest's middle
-                    // (which would be SIGBUS for the VMM).
+                    // too small fails here, not when a page is first touched (a vCPU that
+                    // stalls in KVM, or SIGBUS in the VMM).
                     .with_mmap_flags(libc::MAP_SHARED)
                     .with_hugetlbfs(true);
                 let builder = match file_offset {
