@@ -126,7 +126,8 @@ pub fn create_vm(vcpus: u8) -> Result<(Kvm, VmFd), BuildError> {
 }
 
 /// Maps `size` bytes of guest RAM, backed as `backing` says, in the regions the memory
-/// map gives a guest of that size (RAM skips the MMIO hole below 4 GiB).
+/// map gives a guest of that size (RAM skips the MMIO hole below 4 GiB; with whole 2 MiB
+/// pages of memory every region is whole huge pages, as the huge-page backings need).
 pub fn create_guest_memory(
     size: u64,
     backing: MemoryBacking,
@@ -265,17 +266,20 @@ pub fn attach_serial_console(
 }
 
 /// Puts a balloon in the next free virtio-mmio slot and records the slot in
-/// `mmio_devices`, for the firmware tables and the command line.
+/// `mmio_devices`, for the firmware tables and the command line. `backing` is what backs
+/// `mem`: it decides in what units the balloon gives memory back.
 pub fn attach_balloon(
     vm_fd: &VmFd,
     mem: &GuestMemoryMmap,
+    backing: MemoryBacking,
     mmio_bus: &mut Bus,
     event_manager: &mut EventLoop,
     mmio_devices: &mut Vec<layout::MmioDeviceInfo>,
     config: BalloonConfig,
 ) -> Result<BalloonHandle, BuildError> {
     let slot = layout::MmioDeviceInfo::slot(mmio_devices.len() as u32);
-    let device = Arc::new(Mutex::new(Balloon::new(config, memory::ram_size(mem))?));
+    let balloon = Balloon::new(config, memory::ram_size(mem))?.with_memory_backing(backing);
+    let device = Arc::new(Mutex::new(balloon));
     attach_virtio_device(vm_fd, mem, mmio_bus, event_manager, device.clone(), slot)?;
     mmio_devices.push(slot);
     Ok(BalloonHandle::new(device))

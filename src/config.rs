@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::arch::x86_64::boot::{self, BootError};
 use crate::console::SerialMode;
 use crate::devices::virtio::balloon::BalloonConfig;
-use crate::memory::MemoryBacking;
+use crate::memory::{self, MemoryBacking, MemoryError, HUGE_PAGE_SIZE};
 use crate::size::{HumanSize, MIB, PAGE_SIZE};
 
 /// Smallest guest a stock kernel boots in.
@@ -104,14 +104,20 @@ pub enum ConfigError {
     MemoryTooSmall(u64),
     #[error("--mem {}: more than this host has ({} of RAM and swap)", HumanSize(*.requested), HumanSize(*.host))]
     MemoryTooLarge { requested: u64, host: u64 },
+    #[error("--mem {} with --mem-backing {backing}: not a whole number of 2 MiB huge pages", HumanSize(*.size))]
+    MemoryNotHugePageAligned { size: u64, backing: MemoryBacking },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
     #[error(transparent)]
     Boot(#[from] BootError),
 }
 
-/// Checks what can be checked before touching KVM: the numbers, and that the kernel and
+/// Checks what can be checked before touching KVM: the numbers, that the host can back
+/// the memory as asked (enough free huge pages for `hugetlb`), and that the kernel and
 /// initrd can be read.
 pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
     validate_numbers(config)?;
+    memory::check_host_supports(config.mem_backing, config.mem_size)?;
     boot::check_kernel(&config.kernel)?;
     if let Some(initrd) = &config.initrd {
         std::fs::File::open(initrd).map_err(|source| BootError::InitrdOpen {
@@ -131,6 +137,14 @@ fn validate_numbers(config: &VmConfig) -> Result<(), ConfigError> {
     }
     if config.mem_size < MIN_MEMORY {
         return Err(ConfigError::MemoryTooSmall(config.mem_size));
+    }
+    // Every RAM region then starts and ends on a huge page: the regions split at the MMIO
+    // hole, which starts and ends on a 2 MiB boundary.
+    if config.mem_backing.uses_huge_pages() && config.mem_size % HUGE_PAGE_SIZE != 0 {
+        return Err(ConfigError::MemoryNotHugePageAligned {
+            size: config.mem_size,
+            backing: config.mem_backing,
+        });
     }
     if let Some(host) = host_memory() {
         if config.mem_size > host {
@@ -225,5 +239,24 @@ mod tests {
                 character: 'é', ..
             })
         ));
+    }
+
+    #[test]
+    fn huge_page_backings_need_whole_huge_pages_of_memory() {
+        for backing in [MemoryBacking::Thp, MemoryBacking::Hugetlb] {
+            let mut cfg = config();
+            cfg.mem_backing = backing;
+            cfg.mem_size = 1025 * MIB;
+            assert_eq!(
+                validate_numbers(&cfg).unwrap_err().to_string(),
+                format!("--mem 1025 MiB with --mem-backing {backing}: not a whole number of 2 MiB huge pages")
+            );
+            cfg.mem_size = 1026 * MIB;
+            assert!(validate_numbers(&cfg).is_ok());
+        }
+        let mut cfg = config();
+        cfg.mem_backing = MemoryBacking::Memfd;
+        cfg.mem_size = 1025 * MIB;
+        assert!(validate_numbers(&cfg).is_ok());
     }
 }

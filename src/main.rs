@@ -64,7 +64,8 @@ struct RunArgs {
     /// Guest memory: 512M, 2G, 1536MiB, 2GiB or bytes.
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg, default_value_t = DEFAULT_MEMORY, hide_default_value = true)]
     mem: u64,
-    /// What backs guest memory: private anonymous memory, or a shared memfd.
+    /// What backs guest memory. thp and hugetlb need --mem in whole 2 MiB pages; hugetlb
+    /// needs that many free pages in the host's pool (/proc/sys/vm/nr_hugepages).
     #[arg(long, value_name = "KIND", value_enum, default_value_t = Backing::Anon)]
     mem_backing: Backing,
     /// Number of vCPUs.
@@ -103,8 +104,14 @@ struct RunArgs {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum Backing {
+    /// Private anonymous memory in 4 KiB pages.
     Anon,
+    /// A memfd mapped shared, in 4 KiB pages.
     Memfd,
+    /// Private anonymous memory in transparent huge pages (MADV_HUGEPAGE).
+    Thp,
+    /// A memfd of 2 MiB hugetlb pages, reserved at start.
+    Hugetlb,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -266,6 +273,8 @@ fn run_vm(args: RunArgs) -> ExitCode {
         mem_backing: match args.mem_backing {
             Backing::Anon => MemoryBacking::Anonymous,
             Backing::Memfd => MemoryBacking::Memfd,
+            Backing::Thp => MemoryBacking::Thp,
+            Backing::Hugetlb => MemoryBacking::Hugetlb,
         },
         vcpus: args.cpus,
         balloon: args.balloon,

@@ -90,6 +90,7 @@ impl Vm {
             Some(balloon) => Some(builder::attach_balloon(
                 &vm_fd,
                 &mem,
+                config.mem_backing,
                 &mut mmio_bus,
                 &mut event_loop,
                 &mut mmio_devices,

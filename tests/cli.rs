@@ -113,6 +113,54 @@ fn a_bad_instance_id_is_a_usage_error_naming_it() {
     }
 }
 
+#[test]
+fn huge_page_backings_refuse_memory_in_part_pages_and_a_short_pool() {
+    let junk = JunkFile::new();
+    for backing in ["thp", "hugetlb"] {
+        let line = refused(&[
+            "--kernel",
+            junk.path(),
+            "--mem",
+            "1025M",
+            "--mem-backing",
+            backing,
+        ]);
+        assert!(
+            line.contains("1025 MiB") && line.contains(backing) && line.contains("2 MiB"),
+            "{line:?}"
+        );
+    }
+    // More memory than this host's pool has free 2 MiB pages (and at least 64 MiB).
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
+    let count = |name: &str| -> u64 {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let available = count("HugePages_Free:").saturating_sub(count("HugePages_Rsvd:"));
+    let needed = (available + 1).max(32);
+    let mem = format!("{}M", needed * 2);
+    let line = refused(&[
+        "--kernel",
+        junk.path(),
+        "--mem",
+        &mem,
+        "--mem-backing",
+        "hugetlb",
+    ]);
+    if std::path::Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").exists() {
+        assert!(
+            line.contains(&format!("needs {needed} free 2 MiB huge pages"))
+                && line.contains("/proc/sys/vm/nr_hugepages"),
+            "{line:?}"
+        );
+    } else {
+        assert!(line.contains("no pool of 2 MiB huge pages"), "{line:?}");
+    }
+}
+
 /// The write end of a pipe whose read end is already closed: every write to it fails
 /// (EPIPE), as when vmm's output goes to a reader that has gone.
 fn broken_pipe() -> OwnedFd {

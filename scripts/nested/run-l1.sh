@@ -22,10 +22,12 @@
 #                    ended (QEMU ended otherwise: Ctrl-A x, a signal).
 #
 # Environment: VMM_L1_MEM (default 8G), VMM_L1_CPUS (default 2), VMM_L1_TIMEOUT (seconds,
-# default 3000; not with --interactive), VMM_L1_STALL_TIMEOUT (seconds without a heartbeat
-# from L1 before it is ended, default 600), VMM_CACHE_DIR. To try other L1 settings (see
-# scripts/nested/fault-control.sh): VMM_L1_CPU (QEMU's -cpu value), VMM_L1_CMDLINE (added
-# to L1's kernel command line), VMM_L1_TCG (added to `-accel tcg`, e.g. `thread=single`).
+# default 3000), VMM_L1_STALL_TIMEOUT (seconds without a heartbeat from L1 before it is
+# ended, default 600); neither limit applies with --interactive. VMM_L1_HUGEPAGES: 2 MiB
+# hugetlb pages L1 reserves as it boots (default 0: none). VMM_CACHE_DIR. To try other L1
+# settings (see scripts/nested/fault-control.sh): VMM_L1_CPU (QEMU's -cpu value),
+# VMM_L1_CMDLINE (added to L1's kernel command line), VMM_L1_TCG (added to `-accel tcg`,
+# e.g. `thread=single`).
 set -euo pipefail
 # shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
@@ -81,7 +83,7 @@ qemu=(qemu-system-x86_64
     -smp "${VMM_L1_CPUS:-2}" -m "${VMM_L1_MEM:-8G}"
     -nodefaults -no-user-config -display none -no-reboot
     -kernel "$CACHE_DIR/vmlinuz" -initrd "$WORK/l1.cpio"
-    -append "console=$console quiet panic=-1 mitigations=off${VMM_L1_CMDLINE:+ $VMM_L1_CMDLINE}"
+    -append "console=$console quiet panic=-1 mitigations=off hugepages=${VMM_L1_HUGEPAGES:-0}${VMM_L1_CMDLINE:+ $VMM_L1_CMDLINE}"
     -pidfile "$WORK/qemu.pid")
 
 # Ends QEMU when L1's heartbeat (l1-init writes one to the second serial port every 20 s)

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::devices::virtio::balloon::{
     BalloonInfo, BalloonStatistics, GuestStats, HintingStatus, BALLOON_PAGE_SIZE,
 };
-use crate::size::MIB;
+use crate::size::{KIB, MIB};
 
 use super::VmInfo;
 
@@ -118,6 +118,18 @@ pub struct BalloonBody {
     pub must_tell_host: bool,
     /// Whether the guest's balloon driver has set the device up.
     pub driver_ready: bool,
+    /// What backs guest memory, as `--mem-backing` names it: `anon`, `memfd`, `thp` or
+    /// `hugetlb`.
+    #[serde(default)]
+    pub memory_backing: String,
+    /// The size of the host pages behind guest memory, in KiB: the unit in which memory
+    /// goes back to the host (4, or 2048 with `thp` and `hugetlb`).
+    #[serde(default)]
+    pub host_page_size_kib: u64,
+    /// Huge pages the guest has put some but not all of in the balloon; the host keeps
+    /// them until the rest follows. Always 0 with 4 KiB pages.
+    #[serde(default)]
+    pub partial_huge_pages: u64,
 }
 
 impl From<&BalloonInfo> for BalloonBody {
@@ -134,6 +146,9 @@ impl From<&BalloonInfo> for BalloonBody {
             page_poison: features.page_poison,
             must_tell_host: features.must_tell_host,
             driver_ready: info.driver_ready,
+            memory_backing: info.memory_backing.name().to_string(),
+            host_page_size_kib: info.memory_backing.host_page_size() / KIB,
+            partial_huge_pages: info.partial_huge_pages,
         }
     }
 }

@@ -14,6 +14,7 @@ use vmm::devices::virtio::balloon::{
     target_pages, BalloonConfig, BalloonControl, BalloonCounters, BalloonError, BalloonFeatures,
     BalloonInfo, BalloonStatistics, GuestStats, HintingStatus,
 };
+use vmm::memory::MemoryBacking;
 use vmm::metrics::{ProcessMetrics, Registry};
 use vmm::size::{GIB, MIB, PAGE_SIZE};
 
@@ -35,6 +36,8 @@ pub struct BalloonState {
     pub last_update_age_ms: Option<u64>,
     pub unknown_tags: u64,
     pub counters: BalloonCounters,
+    pub memory_backing: MemoryBacking,
+    pub partial_huge_pages: u64,
 }
 
 /// A balloon that behaves as the interface promises: it checks its features and limits,
@@ -65,6 +68,8 @@ impl ModelBalloon {
                 last_update_age_ms: None,
                 unknown_tags: 0,
                 counters: BalloonCounters::default(),
+                memory_backing: MemoryBacking::Anonymous,
+                partial_huge_pages: 0,
             }),
             changes: Mutex::new(Vec::new()),
         }
@@ -97,6 +102,8 @@ impl BalloonControl for ModelBalloon {
             stats_interval_s: state.stats_interval_s,
             driver_ready: state.driver_ready,
             acked_features: 0,
+            memory_backing: state.memory_backing,
+            partial_huge_pages: state.partial_huge_pages,
         }
     }
 

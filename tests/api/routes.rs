@@ -2,6 +2,7 @@
 
 use serde_json::json;
 
+use vmm::memory::MemoryBacking;
 use vmm::size::GIB;
 
 use crate::common::http::{exchange, keys};
@@ -71,9 +72,23 @@ fn get_balloon_reports_target_actual_and_features() {
             "amount_mib": 512, "actual_mib": 3, "deflate_on_oom": true,
             "stats_polling_interval_s": 5, "statistics": true, "free_page_reporting": true,
             "free_page_hinting": true, "page_poison": false, "must_tell_host": true,
-            "driver_ready": true
+            "driver_ready": true, "memory_backing": "anon", "host_page_size_kib": 4,
+            "partial_huge_pages": 0
         })
     );
+}
+
+#[test]
+fn get_balloon_shows_the_backing_and_partly_ballooned_huge_pages() {
+    let h = Harness::new(Some(all_features()));
+    h.balloon().update(|state| {
+        state.memory_backing = MemoryBacking::Hugetlb;
+        state.partial_huge_pages = 17;
+    });
+    let balloon = h.request("GET", "/balloon", None).json();
+    assert_eq!(balloon["memory_backing"], "hugetlb");
+    assert_eq!(balloon["host_page_size_kib"], 2048);
+    assert_eq!(balloon["partial_huge_pages"], 17);
 }
 
 #[test]

@@ -162,6 +162,24 @@ mod tests {
     }
 
     #[test]
+    fn regions_of_whole_2m_pages_start_and_end_on_2m_pages() {
+        // What the huge-page backings need: every region (and so every memfd offset, the
+        // sum of the regions before it) a whole number of 2 MiB pages at a 2 MiB address.
+        const HUGE: u64 = 2 << 20;
+        for mem_size in [
+            64 << 20,
+            MMIO_GAP_START - HUGE,
+            MMIO_GAP_START,
+            (5 << 30) + HUGE,
+        ] {
+            for (addr, len) in ram_regions(mem_size) {
+                assert_eq!(addr.0 % HUGE, 0, "{mem_size:#x}: {addr:?}");
+                assert_eq!(len % HUGE, 0, "{mem_size:#x}: {len:#x}");
+            }
+        }
+    }
+
+    #[test]
     fn mmio_slots_do_not_overlap_ram_or_apics() {
         for i in 0..MAX_VIRTIO_MMIO_DEVICES {
             let dev = MmioDeviceInfo::slot(i);

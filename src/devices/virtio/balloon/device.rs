@@ -11,6 +11,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::config::ConfigSpace;
 use super::hinting::{process_hinting, HintingOutcome, HintingState};
+use super::huge_pages::HugePageTracker;
 use super::inflate::{process_deflate, process_inflate, DeflateOutcome, InflateOutcome};
 use super::layout::{QueueLayout, QueueRole};
 use super::ranges::DiscardOutcome;
@@ -25,7 +26,7 @@ use crate::devices::virtio::{
     ActivateError, Activation, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
     VIRTIO_ID_BALLOON,
 };
-use crate::memory::GuestMemoryMmap;
+use crate::memory::{GuestMemoryMmap, MemoryBacking};
 use crate::metrics::LatencyHistogram;
 
 /// Entries in every balloon queue. Linux sends one inflate/deflate buffer at a time, up to
@@ -95,10 +96,15 @@ impl BalloonCounters {
         &self.queues[role.slot()]
     }
 
+    /// With a huge-page backing a notification frees whole huge pages, which may hold
+    /// pages inflated earlier, and keeps the pages of huge pages not complete yet for
+    /// later; so what an inflate keeps for good is only what lay outside RAM or failed.
     fn count_inflate(&mut self, outcome: &InflateOutcome) {
         self.inflated_pages = self.inflated_pages.saturating_add(outcome.pages);
-        let offered = outcome.pages.saturating_mul(BALLOON_PAGE_SIZE);
-        let discarded = self.count_discard(offered, &outcome.discard);
+        let discard = &outcome.discard;
+        let kept_for_good = discard.outside_ram.saturating_add(discard.failed);
+        let discarded =
+            self.count_discard(discard.discarded.saturating_add(kept_for_good), discard);
         self.inflate_discarded_bytes = self.inflate_discarded_bytes.saturating_add(discarded);
     }
 
@@ -162,6 +168,8 @@ struct Running {
     queues: [Option<Queue>; 5],
     acked_features: u64,
     interrupt: Arc<dyn VirtioInterrupt>,
+    /// With a huge-page backing: which pages are in the balloon, per huge page.
+    huge_pages: Option<HugePageTracker>,
 }
 
 impl Running {
@@ -178,6 +186,8 @@ impl Running {
 pub struct Balloon {
     config: BalloonConfig,
     guest_memory_bytes: u64,
+    /// What backs guest RAM, and so in what units memory can go back to the host.
+    memory_backing: MemoryBacking,
     layout: QueueLayout,
     queue_max_sizes: Vec<u16>,
     target_pages: u32,
@@ -213,6 +223,7 @@ impl Balloon {
         Ok(Balloon {
             config,
             guest_memory_bytes,
+            memory_backing: MemoryBacking::default(),
             layout,
             queue_max_sizes: vec![QUEUE_MAX_SIZE; layout.len()],
             target_pages,
@@ -226,6 +237,13 @@ impl Balloon {
             counters: BalloonCounters::default(),
             warnings: Warnings::default(),
         })
+    }
+
+    /// Tells the balloon what backs guest RAM (`anon` if never told). With a huge-page
+    /// backing it frees only whole 2 MiB pages and keeps track of partly ballooned ones.
+    pub fn with_memory_backing(mut self, backing: MemoryBacking) -> Balloon {
+        self.memory_backing = backing;
+        self
     }
 
     /// The configuration the balloon was created with.
@@ -247,6 +265,12 @@ impl Balloon {
             stats_interval_s: self.stats_interval_s,
             driver_ready: self.running.is_some(),
             acked_features: self.running.as_ref().map_or(0, |r| r.acked_features),
+            memory_backing: self.memory_backing,
+            partial_huge_pages: self
+                .running
+                .as_ref()
+                .and_then(|r| r.huge_pages.as_ref())
+                .map_or(0, HugePageTracker::partial_huge_pages),
         }
     }
 
@@ -417,17 +441,19 @@ impl Balloon {
             return;
         };
         let mem = &running.mem;
+        let huge_pages = running.huge_pages.as_mut();
+        let host_page_size = self.memory_backing.host_page_size();
         let warnings = &mut self.warnings;
         let counters = &mut self.counters;
         let mut config_changed = false;
         let returned = match role {
             QueueRole::Inflate => {
-                let out = process_inflate(queue, mem, warnings);
+                let out = process_inflate(queue, mem, huge_pages, warnings);
                 counters.count_inflate(&out);
                 out.returned
             }
             QueueRole::Deflate => {
-                let out = process_deflate(queue, mem, warnings);
+                let out = process_deflate(queue, mem, huge_pages, warnings);
                 counters.count_deflate(&out);
                 out.returned
             }
@@ -437,13 +463,14 @@ impl Balloon {
                 out.returned
             }
             QueueRole::FreePageHint => {
-                let out = process_hinting(&mut self.hinting, queue, mem, warnings);
+                let out = process_hinting(&mut self.hinting, queue, mem, host_page_size, warnings);
                 counters.count_hinting(&out);
                 config_changed = out.config_changed;
                 out.returned
             }
             QueueRole::Reporting => {
-                let out = process_reporting(queue, mem, may_discard_reports, warnings);
+                let out =
+                    process_reporting(queue, mem, may_discard_reports, host_page_size, warnings);
                 counters.count_reporting(&out);
                 out.returned
             }
@@ -542,11 +569,16 @@ impl VirtioDevice for Balloon {
             }
             by_role[role.slot()] = Some(queue);
         }
+        let huge_pages = self
+            .memory_backing
+            .uses_huge_pages()
+            .then(|| HugePageTracker::new(&mem));
         self.running = Some(Running {
             mem,
             queues: by_role,
             acked_features,
             interrupt,
+            huge_pages,
         });
         self.arm_stats_timer();
         Ok(())

@@ -130,11 +130,13 @@ pub(super) struct HintingOutcome {
     pub config_changed: bool,
 }
 
-/// Processes every chain available on free_page_vq.
+/// Processes every chain available on free_page_vq; frees the whole host pages (of
+/// `host_page_size` bytes) of the hints of the current run.
 pub(super) fn process_hinting(
     state: &mut HintingState,
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
+    host_page_size: u64,
     warnings: &mut Warnings,
 ) -> HintingOutcome {
     let mut outcome = HintingOutcome::default();
@@ -184,6 +186,7 @@ pub(super) fn process_hinting(
                     mem,
                     (start, granted),
                     ("hinted", addr, len),
+                    host_page_size,
                     warnings,
                 ));
             }

@@ -11,6 +11,8 @@
 //! - `inflate`, `stats`, `reporting`, `hinting`: what each queue does with its buffers.
 //! - `ranges`: PFN merging and discarding guest ranges that may straddle RAM regions.
 //! - `budget`: how much work one notification may cause, so none holds the device for long.
+//! - `huge_pages`: which pages of each 2 MiB huge page are in the balloon, so that with a
+//!   huge-page backing a huge page goes back to the host once all of it is given up.
 //! - `handle`: [`BalloonHandle`], the running balloon behind [`BalloonControl`].
 //! - [`metrics`]: what `/metrics` shows of a balloon, read through [`BalloonControl`].
 //! - `chains`, `warnings`: taking buffers off a queue and giving them back; logging a
@@ -25,6 +27,7 @@ pub mod config;
 mod device;
 mod handle;
 mod hinting;
+mod huge_pages;
 mod inflate;
 pub mod layout;
 pub mod metrics;
@@ -36,6 +39,8 @@ mod warnings;
 #[cfg(test)]
 mod device_tests;
 #[cfg(test)]
+mod huge_page_tests;
+#[cfg(test)]
 mod test_util;
 #[cfg(test)]
 mod transport_tests;
@@ -45,6 +50,7 @@ pub use device::{Balloon, BalloonCounters, BalloonSetupError, QueueCounters};
 pub use handle::BalloonHandle;
 pub use layout::{QueueLayout, QueueRole};
 
+use crate::memory::MemoryBacking;
 use crate::size::{HumanSize, PAGE_SIZE};
 
 /// `VIRTIO_BALLOON_F_MUST_TELL_HOST`: the guest tells the host before it reuses deflated pages.
@@ -103,6 +109,11 @@ pub struct BalloonInfo {
     pub driver_ready: bool,
     /// The features the driver accepted, as a bit mask of virtio feature bits.
     pub acked_features: u64,
+    /// What backs guest RAM; its `host_page_size()` is the unit memory goes back in.
+    pub memory_backing: MemoryBacking,
+    /// Huge pages (with a huge-page backing) that the guest has put some but not all of in
+    /// the balloon, which the host keeps until the rest follows.
+    pub partial_huge_pages: u64,
 }
 
 /// The statistics the guest last reported. Memory amounts are in bytes; a tag the guest

@@ -51,7 +51,14 @@ pub(super) fn merge_pfns(pfns: &mut Vec<u32>) -> Vec<PageRun> {
 /// The whole pages inside `[addr, addr + len)`: the start rounded up and the end rounded
 /// down to 4 KiB. `None` if no whole page fits (or the range wraps around).
 pub(super) fn whole_pages(addr: u64, len: u64) -> Option<(u64, u64)> {
-    let mask = BALLOON_PAGE_SIZE - 1;
+    whole_units(addr, len, BALLOON_PAGE_SIZE)
+}
+
+/// The whole `unit`-aligned blocks of `unit` bytes (a power of two) inside
+/// `[addr, addr + len)`, as one range. `None` if no whole block fits (or the range wraps
+/// around).
+pub(super) fn whole_units(addr: u64, len: u64, unit: u64) -> Option<(u64, u64)> {
+    let mask = unit - 1;
     let end = addr.checked_add(len)? & !mask;
     let start = addr.checked_add(mask)? & !mask;
     if end > start {
@@ -59,6 +66,48 @@ pub(super) fn whole_pages(addr: u64, len: u64) -> Option<(u64, u64)> {
     } else {
         None
     }
+}
+
+/// Where a range lies with respect to guest RAM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct RamParts {
+    /// The parts that are guest RAM, one per region the range touches, in order.
+    pub in_ram: Vec<(u64, u64)>,
+    /// Bytes outside guest RAM.
+    pub outside_ram: u64,
+    /// The first address outside guest RAM.
+    pub first_outside: Option<u64>,
+}
+
+/// Splits `[addr, addr + len)` (clipped at the end of the address space) into the parts
+/// that are guest RAM, one per region, and what is not.
+pub(super) fn ram_parts(mem: &GuestMemoryMmap, addr: u64, len: u64) -> RamParts {
+    let mut parts = RamParts::default();
+    let end = addr.saturating_add(len);
+    let mut cursor = addr;
+    while cursor < end {
+        match mem.find_region(GuestAddress(cursor)) {
+            Some(region) => {
+                let region_end = region.last_addr().raw_value().saturating_add(1);
+                let chunk_end = end.min(region_end);
+                parts.in_ram.push((cursor, chunk_end - cursor));
+                cursor = chunk_end;
+            }
+            None => {
+                let next_region = mem
+                    .iter()
+                    .map(|r| r.start_addr().raw_value())
+                    .filter(|&start| start > cursor)
+                    .min()
+                    .unwrap_or(end)
+                    .min(end);
+                parts.outside_ram += next_region - cursor;
+                parts.first_outside.get_or_insert(cursor);
+                cursor = next_region;
+            }
+        }
+    }
+    parts
 }
 
 /// What happened to the bytes of a range given to [`discard_in_ram`].
@@ -98,53 +147,53 @@ impl DiscardOutcome {
 /// one call per RAM region it touches, and skips the parts that are not. Never touches
 /// memory outside guest RAM, whatever the guest wrote.
 pub(super) fn discard_in_ram(mem: &GuestMemoryMmap, addr: u64, len: u64) -> DiscardOutcome {
-    let mut outcome = DiscardOutcome::default();
-    let end = addr.saturating_add(len);
-    let mut cursor = addr;
-    while cursor < end {
-        match mem.find_region(GuestAddress(cursor)) {
-            Some(region) => {
-                let region_end = region.last_addr().raw_value().saturating_add(1);
-                let chunk_end = end.min(region_end);
-                let chunk = chunk_end - cursor;
-                outcome.calls += 1;
-                match discard_range(mem, GuestAddress(cursor), chunk) {
-                    Ok(()) => outcome.discarded += chunk,
-                    Err(e) => {
-                        outcome.failed += chunk;
-                        outcome.failed_calls += 1;
-                        outcome.first_error.get_or_insert(e);
-                    }
-                }
-                cursor = chunk_end;
-            }
-            None => {
-                let next_region = mem
-                    .iter()
-                    .map(|r| r.start_addr().raw_value())
-                    .filter(|&start| start > cursor)
-                    .min()
-                    .unwrap_or(end)
-                    .min(end);
-                outcome.outside_ram += next_region - cursor;
-                outcome.first_outside.get_or_insert(cursor);
-                cursor = next_region;
+    discard_units_in_ram(mem, addr, len, BALLOON_PAGE_SIZE)
+}
+
+/// Like [`discard_in_ram`], but discards only whole `unit`-aligned blocks of `unit` bytes
+/// (the host page size of the backing): the rest of each RAM part is left alone, counted
+/// neither as discarded nor as outside RAM.
+pub(super) fn discard_units_in_ram(
+    mem: &GuestMemoryMmap,
+    addr: u64,
+    len: u64,
+    unit: u64,
+) -> DiscardOutcome {
+    let parts = ram_parts(mem, addr, len);
+    let mut outcome = DiscardOutcome {
+        outside_ram: parts.outside_ram,
+        first_outside: parts.first_outside,
+        ..Default::default()
+    };
+    for (part, part_len) in parts.in_ram {
+        let Some((start, chunk)) = whole_units(part, part_len, unit) else {
+            continue;
+        };
+        outcome.calls += 1;
+        match discard_range(mem, GuestAddress(start), chunk) {
+            Ok(()) => outcome.discarded += chunk,
+            Err(e) => {
+                outcome.failed += chunk;
+                outcome.failed_calls += 1;
+                outcome.first_error.get_or_insert(e);
             }
         }
     }
     outcome
 }
 
-/// Discards the whole pages `[start, start + len)` of a free range the guest gave up (a
-/// reported or hinted block it sent as `addr`+`given_len`), and logs once what lay outside
-/// guest RAM or could not be discarded. `kind` names the range in the log ("reported").
+/// Discards the whole host pages (`unit` bytes: 4 KiB, or 2 MiB with a huge-page backing)
+/// inside `[start, start + len)` of a free range the guest gave up (a reported or hinted
+/// block it sent as `addr`+`given_len`), and logs once what lay outside guest RAM or could
+/// not be discarded. `kind` names the range in the log ("reported").
 pub(super) fn discard_free_range(
     mem: &GuestMemoryMmap,
     (start, len): (u64, u64),
     (kind, addr, given_len): (&str, u64, u64),
+    unit: u64,
     warnings: &mut Warnings,
 ) -> DiscardOutcome {
-    let result = discard_in_ram(mem, start, len);
+    let result = discard_units_in_ram(mem, start, len, unit);
     if let Some(at) = result.first_outside {
         warnings.warn(
             Warning::BufferOutsideRam,
@@ -255,6 +304,65 @@ mod tests {
         assert_eq!(outcome.outside_ram, HIGH_RAM_START - GAP_START);
         assert_eq!(outcome.first_outside, Some(GAP_START));
         assert_eq!(outcome.calls, 2);
+    }
+
+    #[test]
+    fn whole_units_keep_only_aligned_blocks() {
+        const HUGE: u64 = 2 * MIB;
+        assert_eq!(whole_units(0, 4 * MIB, HUGE), Some((0, 4 * MIB)));
+        assert_eq!(whole_units(MIB, 4 * MIB, HUGE), Some((2 * MIB, 2 * MIB)));
+        assert_eq!(whole_units(MIB, 2 * MIB, HUGE), None);
+        assert_eq!(whole_units(2 * MIB, 2 * MIB - 4096, HUGE), None);
+        assert_eq!(whole_units(u64::MAX - HUGE, HUGE, HUGE), None);
+    }
+
+    #[test]
+    fn huge_units_are_discarded_whole_and_the_rest_left_alone() {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), (8 * MIB) as usize),
+            (GuestAddress(16 * MIB), (8 * MIB) as usize),
+        ])
+        .unwrap();
+        mem.write_slice(&vec![0x5a; 8 * MIB as usize], GuestAddress(0))
+            .unwrap();
+        // 1 MiB..7 MiB holds two whole 2 MiB blocks; 1–2 and 6–7 MiB stay.
+        let outcome = discard_units_in_ram(&mem, MIB, 6 * MIB, 2 * MIB);
+        assert_eq!((outcome.discarded, outcome.calls), (4 * MIB, 1));
+        assert_eq!(outcome.outside_ram, 0);
+        let mut buf = vec![0u8; MIB as usize];
+        mem.read_slice(&mut buf, GuestAddress(MIB)).unwrap();
+        assert!(buf.iter().all(|&b| b == 0x5a));
+        mem.read_slice(&mut buf, GuestAddress(6 * MIB)).unwrap();
+        assert!(buf.iter().all(|&b| b == 0x5a));
+        mem.read_slice(&mut buf, GuestAddress(2 * MIB)).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        // Across the gap: each region's part is cut to its own whole blocks.
+        let outcome = discard_units_in_ram(&mem, 5 * MIB, 14 * MIB, 2 * MIB);
+        assert_eq!(outcome.discarded, 2 * MIB + 2 * MIB);
+        assert_eq!(outcome.outside_ram, 8 * MIB);
+        assert_eq!(outcome.first_outside, Some(8 * MIB));
+        assert_eq!(outcome.calls, 2);
+    }
+
+    #[test]
+    fn ram_parts_split_at_regions_and_count_the_rest() {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), (8 * MIB) as usize),
+            (GuestAddress(16 * MIB), (8 * MIB) as usize),
+        ])
+        .unwrap();
+        assert_eq!(
+            ram_parts(&mem, 4 * MIB, 20 * MIB),
+            RamParts {
+                in_ram: vec![(4 * MIB, 4 * MIB), (16 * MIB, 8 * MIB)],
+                outside_ram: 8 * MIB,
+                first_outside: Some(8 * MIB),
+            }
+        );
+        assert_eq!(ram_parts(&mem, 0, 0), RamParts::default());
+        let far = ram_parts(&mem, u64::MAX - 4095, 8192);
+        assert!(far.in_ram.is_empty());
+        assert_eq!(far.outside_ram, 4095);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! The guest reports blocks of free memory it has set aside (2 MiB on x86) as
 //! device-writable buffers, one block per descriptor, up to 32 per chain, and waits for
 //! the chain to come back before it puts the pages back on its free lists. The device
-//! frees every block and returns every chain.
+//! frees every block and returns every chain. With a huge-page backing it frees the whole
+//! 2 MiB pages of each block (Linux reports 2 MiB aligned blocks, so all of it); the pages
+//! go back to the guest's free lists, so a part too small for a huge page is not tracked
+//! like a partly inflated huge page but left alone.
 //!
 //! Reported pages stay in the guest's free lists and are handed out without being
 //! written first. If the guest expects freed pages to hold a poison pattern (PAGE_POISON
@@ -33,12 +36,13 @@ pub(super) struct ReportingOutcome {
     pub discard: DiscardOutcome,
 }
 
-/// Processes every chain available on reporting_vq; frees the reported ranges if
-/// `may_discard`.
+/// Processes every chain available on reporting_vq; frees the whole host pages (of
+/// `host_page_size` bytes) of the reported ranges if `may_discard`.
 pub(super) fn process_reporting(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     may_discard: bool,
+    host_page_size: u64,
     warnings: &mut Warnings,
 ) -> ReportingOutcome {
     let mut outcome = ReportingOutcome::default();
@@ -83,6 +87,7 @@ pub(super) fn process_reporting(
                     mem,
                     (start, granted),
                     ("reported", addr, len),
+                    host_page_size,
                     warnings,
                 ));
             }

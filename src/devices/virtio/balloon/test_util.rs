@@ -86,6 +86,19 @@ impl<'m> Bench<'m> {
         Bench::new(mem, config.parse().unwrap())
     }
 
+    /// A bench whose balloon is told that `backing` backs `mem`.
+    pub fn with_backing(
+        mem: &'m GuestMemoryMmap,
+        config: &str,
+        backing: MemoryBacking,
+    ) -> Bench<'m> {
+        let mut bench = Bench::parse(mem, config);
+        bench.balloon = Balloon::new(config.parse().unwrap(), GUEST_MEM)
+            .unwrap()
+            .with_memory_backing(backing);
+        bench
+    }
+
     fn new_mock(&self, index: usize) -> MockSplitQueue<'m, GuestMemoryMmap> {
         MockSplitQueue::create(
             self.mem,
