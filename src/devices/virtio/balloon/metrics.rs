@@ -45,9 +45,7 @@ impl MetricSource for BalloonMetrics {
     }
 }
 
-/// Gauges of the balloon's state, one per [`BalloonInfo`] field worth watching. A field
-/// added to `BalloonInfo` that a dashboard should see (the page size of the memory
-/// backing, huge pages only partly in the balloon) gets its gauge here.
+/// Gauges of the balloon's state, one per [`BalloonInfo`] field worth watching.
 fn write_state(out: &mut Exposition, info: &BalloonInfo) {
     let bytes = |pages: u32| u64::from(pages) * BALLOON_PAGE_SIZE;
     out.gauge(
@@ -65,6 +63,19 @@ fn write_state(out: &mut Exposition, info: &BalloonInfo) {
         "1 while the guest's balloon driver runs the device, 0 otherwise.",
     )
     .sample(&[], u64::from(info.driver_ready));
+    out.gauge(
+        "vmm_balloon_host_page_size_bytes",
+        "Unit in which the memory backing gives memory back to the host (label: the backing).",
+    )
+    .sample(
+        &[("backing", info.memory_backing.name())],
+        info.memory_backing.host_page_size(),
+    );
+    out.gauge(
+        "vmm_balloon_partial_huge_pages",
+        "Huge pages partly in the balloon: held until all of each is given up.",
+    )
+    .sample(&[], info.partial_huge_pages);
 }
 
 fn write_totals(out: &mut Exposition, c: &BalloonCounters) {
@@ -287,6 +298,31 @@ mod tests {
         // Without the statistics feature there is nothing to say about statistics.
         assert!(
             !text.contains("statistics") && !text.contains("guest_"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_memory_backing_and_its_page_size_are_shown() {
+        let text = render("size=0");
+        assert!(
+            text.contains("\nvmm_balloon_host_page_size_bytes{backing=\"anon\"} 4096\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nvmm_balloon_partial_huge_pages 0\n"),
+            "{text}"
+        );
+
+        let balloon = Balloon::new("size=0".parse().unwrap(), 64 << 20)
+            .unwrap()
+            .with_memory_backing(crate::memory::MemoryBacking::Hugetlb);
+        let handle = BalloonHandle::new(Arc::new(Mutex::new(balloon)));
+        let mut out = Exposition::new();
+        BalloonMetrics::new(Arc::new(handle)).write_metrics(&mut out);
+        let text = out.finish();
+        assert!(
+            text.contains("\nvmm_balloon_host_page_size_bytes{backing=\"hugetlb\"} 2097152\n"),
             "{text}"
         );
     }
