@@ -10,6 +10,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::guest_checks::{kernel_log_lines, resize_balloon};
 use common::http::{field, get_json, patch};
 use common::{rss_bytes_of, scaled, wait_until, GuestVm, RESIZE_TIMEOUT};
 use vmm::size::MIB;
@@ -43,37 +44,6 @@ fn assert_balloon_bound(vm: &mut GuestVm) {
     let device = vm.run_ok("cat /sys/bus/virtio/devices/virtio0/device");
     assert_eq!(device.trim(), "0x0005", "virtio0 is not a balloon");
     vm.run_ok("test -e /sys/bus/virtio/drivers/virtio_balloon/virtio0");
-}
-
-/// The lines of the guest's kernel log that contain any of `patterns` (plain strings).
-///
-/// The guest filters its log itself: the whole log is some 50 KiB over the serial port,
-/// and under nested KVM such bursts of port writes and interrupts are where guests were
-/// seen to stall or triple-fault (docs/testing.md).
-fn kernel_log_lines(vm: &mut GuestVm, patterns: &[&str]) -> String {
-    let args: String = patterns.iter().map(|p| format!(" -e '{p}'")).collect();
-    let found = vm.run(&format!("dmesg | grep -F{args}"));
-    match found.status {
-        0 | 1 => found.output.trim().to_string(),
-        status => vm.fail(&format!(
-            "searching the kernel log failed with {status}: {}",
-            found.output
-        )),
-    }
-}
-
-/// Sets the balloon target through the API and waits until the guest's `actual` matches.
-fn resize(vm: &mut GuestVm, mib: u64) {
-    let sock = vm.api_sock().to_path_buf();
-    patch(&sock, "/balloon", &format!("{{\"amount_mib\": {mib}}}"));
-    wait_until(
-        scaled(RESIZE_TIMEOUT),
-        &format!("the balloon to reach {mib} MiB"),
-        || {
-            let balloon = get_json(&sock, "/balloon");
-            (field(&balloon, "actual_mib") == mib).then_some(())
-        },
-    );
 }
 
 /// Fills `mib` MiB of tmpfs in the guest and deletes it; returns the VMM's RSS with the
@@ -172,8 +142,8 @@ fn driver_binds_and_accepts_every_offered_feature() {
         assert_eq!(get_json(&sock, "/balloon")["driver_ready"], true);
 
         // inflateq and deflateq.
-        resize(&mut vm, 32);
-        resize(&mut vm, 0);
+        resize_balloon(&vm, 32);
+        resize_balloon(&vm, 0);
         if items.contains("stats") {
             let stats = wait_until(scaled(RESIZE_TIMEOUT), "statistics", || {
                 let stats = get_json(&sock, "/balloon/statistics");
@@ -223,8 +193,8 @@ fn declined_page_reporting_leaves_a_working_balloon() {
         .boot();
     assert_balloon_bound(&mut vm);
     assert_eq!(negotiated_features(&mut vm), bits(&[STATS_VQ, VERSION_1]));
-    resize(&mut vm, 64);
-    resize(&mut vm, 0);
+    resize_balloon(&vm, 64);
+    resize_balloon(&vm, 0);
     assert!(vm.poweroff().success());
 }
 
@@ -245,7 +215,7 @@ fn balloon_size_moves_guest_memtotal_and_back() {
     assert_eq!(field(&get_json(&sock, "/balloon"), "amount_mib"), 256);
     let inflated = vm.meminfo_kib("MemTotal");
 
-    resize(&mut vm, 0);
+    resize_balloon(&vm, 0);
     let full = vm.meminfo_kib("MemTotal");
     assert_eq!(
         full - inflated,
@@ -253,9 +223,9 @@ fn balloon_size_moves_guest_memtotal_and_back() {
         "MemTotal {inflated} kB → {full} kB"
     );
 
-    resize(&mut vm, 128);
+    resize_balloon(&vm, 128);
     assert_eq!(full - vm.meminfo_kib("MemTotal"), 128 * 1024);
-    resize(&mut vm, 0);
+    resize_balloon(&vm, 0);
     assert_eq!(vm.meminfo_kib("MemTotal"), full);
     assert!(vm.poweroff().success());
 }
@@ -323,7 +293,7 @@ fn statistics_agree_with_guest_meminfo() {
         .boot();
     let sock = vm.api_sock().to_path_buf();
     for balloon_mib in [0, 128] {
-        resize(&mut vm, balloon_mib);
+        resize_balloon(&vm, balloon_mib);
         let total_kib = vm.meminfo_kib("MemTotal");
         // Wait for a report taken after the resize settled.
         let stats = wait_until(
@@ -383,15 +353,15 @@ fn guest_memory_stays_intact_through_balloon_operations() {
         .api_sock()
         .boot();
     start_memcheck(&mut vm, 256);
-    resize(&mut vm, 384);
+    resize_balloon(&vm, 384);
     assert_memcheck_intact(&mut vm, 256);
-    resize(&mut vm, 0);
+    resize_balloon(&vm, 0);
     fill_and_free_tmpfs(&mut vm, 200);
-    resize(&mut vm, 256);
+    resize_balloon(&vm, 256);
     // Let reporting run over the memory tmpfs gave back.
     std::thread::sleep(scaled(Duration::from_secs(5)));
     assert_memcheck_intact(&mut vm, 256);
-    resize(&mut vm, 0);
+    resize_balloon(&vm, 0);
     assert_memcheck_intact(&mut vm, 256);
     // The kernel's own reports of bad memory or state; not the boot-time notes on CPU
     // vulnerabilities, which also say "WARNING".
@@ -414,7 +384,7 @@ fn driver_unbinds_and_binds_again() {
         .api_sock()
         .boot();
     let sock = vm.api_sock().to_path_buf();
-    resize(&mut vm, 64);
+    resize_balloon(&vm, 64);
     let bound_total = vm.meminfo_kib("MemTotal");
 
     vm.run_ok("echo virtio0 > /sys/bus/virtio/drivers/virtio_balloon/unbind");
@@ -445,8 +415,8 @@ fn driver_unbinds_and_binds_again() {
         vm.run_ok("echo virtio0 > /sys/bus/virtio/drivers/virtio_balloon/unbind");
     }
     vm.run_ok("echo virtio0 > /sys/bus/virtio/drivers/virtio_balloon/bind");
-    resize(&mut vm, 128);
-    resize(&mut vm, 0);
+    resize_balloon(&vm, 128);
+    resize_balloon(&vm, 0);
     assert!(vm.poweroff().success());
 }
 
@@ -501,7 +471,7 @@ fn deflate_on_oom_gives_memory_back_under_pressure() {
         .boot();
     let sock = vm.api_sock().to_path_buf();
     let total = vm.meminfo_kib("MemTotal");
-    resize(&mut vm, 384);
+    resize_balloon(&vm, 384);
     // With DEFLATE_ON_OOM the balloon's pages stay in MemTotal; only MemFree falls.
     assert_eq!(vm.meminfo_kib("MemTotal"), total);
     start_memcheck(&mut vm, 160);

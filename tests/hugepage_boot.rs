@@ -19,8 +19,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::http::{field, get_json, patch};
-use common::{rss_bytes_of, scaled, wait_until, GuestVm, RESIZE_TIMEOUT};
+use common::guest_checks::{kernel_log_lines, resize_balloon};
+use common::http::{field, get_json};
+use common::{rss_bytes_of, scaled, wait_until, GuestVm};
 use vmm::size::MIB;
 
 /// How long freed memory may take to come back through reporting.
@@ -184,17 +185,6 @@ impl Backing {
     }
 }
 
-/// Sets the balloon target through the API and waits until the guest's `actual` matches.
-fn resize(vm: &mut GuestVm, mib: u64) {
-    let sock = vm.api_sock().to_path_buf();
-    patch(&sock, "/balloon", &format!("{{\"amount_mib\": {mib}}}"));
-    wait_until(
-        scaled(RESIZE_TIMEOUT),
-        &format!("the balloon to reach {mib} MiB"),
-        || (field(&get_json(&sock, "/balloon"), "actual_mib") == mib).then_some(()),
-    );
-}
-
 fn partial_huge_pages(vm: &GuestVm) -> u64 {
     field(&get_json(vm.api_sock(), "/balloon"), "partial_huge_pages")
 }
@@ -236,17 +226,6 @@ fn assert_memcheck_intact(vm: &mut GuestVm, dir: &str, mib: u64, when: &str) {
         (0, format!("MEMCHECK OK mib={mib}").as_str()),
         "guest memory changed under the balloon ({when})"
     );
-}
-
-/// Lines of the guest's kernel log with any of `patterns`, searched inside the guest so
-/// only the matches cross the serial port.
-fn kernel_log_lines(vm: &mut GuestVm, patterns: &[&str]) -> String {
-    let args: String = patterns.iter().map(|p| format!(" -e '{p}'")).collect();
-    let found = vm.run(&format!("dmesg | grep -F{args}"));
-    match found.status {
-        0 | 1 => found.output.trim().to_string(),
-        status => vm.fail(&format!("searching the kernel log failed with {status}")),
-    }
 }
 
 /// Waits until the guest's host memory holds still (page reporting works in passes a
@@ -387,7 +366,7 @@ fn huge_pages_go_back_and_data_stays(backing: Backing) {
     fill_tmpfs(&mut vm, 700);
     free_tmpfs(&mut vm);
     let resident = backing.host_bytes(&vm);
-    resize(&mut vm, 256);
+    resize_balloon(&vm, 256);
     let inflated = backing.host_bytes(&vm);
     let partial = partial_huge_pages(&vm);
     let returned = resident.saturating_sub(inflated);
@@ -413,7 +392,7 @@ fn huge_pages_go_back_and_data_stays(backing: Backing) {
         mib(returned)
     );
     assert_memcheck_intact(&mut vm, "/run/mc", 128, "after inflating");
-    resize(&mut vm, 0);
+    resize_balloon(&vm, 0);
     assert_eq!(
         partial_huge_pages(&vm),
         0,
@@ -437,7 +416,7 @@ fn huge_pages_go_back_and_data_stays(backing: Backing) {
         mib(resident),
         mib(settled)
     );
-    resize(&mut vm, 256);
+    resize_balloon(&vm, 256);
     let inflated = wait_until_settled(backing, &vm);
     let partial = partial_huge_pages(&vm);
     eprintln!(
@@ -455,7 +434,7 @@ fn huge_pages_go_back_and_data_stays(backing: Backing) {
     );
     // 4. The data.
     assert_memcheck_intact(&mut vm, "/run/mc", 128, "after inflating and reporting");
-    resize(&mut vm, 0);
+    resize_balloon(&vm, 0);
     assert_memcheck_intact(&mut vm, "/run/mc", 128, "after deflating");
     phases.done("inflate with reporting");
 
@@ -463,7 +442,7 @@ fn huge_pages_go_back_and_data_stays(backing: Backing) {
     // needs more. The guest's OOM notifier deflates instead of killing anything.
     if let Backing::Hugetlb = backing {
         let total = vm.meminfo_kib("MemTotal");
-        resize(&mut vm, 640);
+        resize_balloon(&vm, 640);
         assert_eq!(
             vm.meminfo_kib("MemTotal"),
             total,

@@ -9,8 +9,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::http::{field, get_json, patch};
-use common::{scaled, wait_until, GuestVm, GuestVmBuilder, RESIZE_TIMEOUT};
+use common::guest_checks::resize_balloon;
+use common::{GuestVm, GuestVmBuilder};
 
 /// The platform device the kernel makes of the first `virtio_mmio.device=` entry.
 const CMDLINE_DEVICE: &str = "/sys/devices/virtio-mmio-cmdline/virtio-mmio.0";
@@ -68,29 +68,18 @@ fn assert_one_balloon_bound(vm: &mut GuestVm) -> String {
         .to_string()
 }
 
-/// Sets the balloon target through the API and waits until the guest's `actual` matches.
-fn resize(vm: &mut GuestVm, mib: u64) {
-    let sock = vm.api_sock().to_path_buf();
-    patch(&sock, "/balloon", &format!("{{\"amount_mib\": {mib}}}"));
-    wait_until(
-        scaled(RESIZE_TIMEOUT),
-        &format!("the balloon to reach {mib} MiB"),
-        || (field(&get_json(&sock, "/balloon"), "actual_mib") == mib).then_some(()),
-    );
-}
-
 /// Inflating takes exactly the balloon's size out of the guest's MemTotal; deflating
 /// gives it back.
 fn assert_balloon_resizes(vm: &mut GuestVm) {
     let full = vm.meminfo_kib("MemTotal");
-    resize(vm, 256);
+    resize_balloon(vm, 256);
     let inflated = vm.meminfo_kib("MemTotal");
     assert_eq!(
         full - inflated,
         256 * 1024,
         "MemTotal {full} kB → {inflated} kB"
     );
-    resize(vm, 0);
+    resize_balloon(vm, 0);
     assert_eq!(vm.meminfo_kib("MemTotal"), full);
 }
 

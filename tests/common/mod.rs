@@ -18,6 +18,7 @@
 //! are generous enough for a guest under nested virtualisation and say nothing about speed.
 #![allow(dead_code)] // Each test crate uses its own part of this module.
 
+pub mod guest_checks;
 pub mod http;
 pub mod promtool;
 
