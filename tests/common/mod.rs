@@ -646,6 +646,13 @@ impl GuestVm {
             Some(status) => format!("exited with {status}"),
             None => "still running".to_string(),
         };
+        if exited.is_some() {
+            // Its output, the line saying why it stopped included, is complete once the
+            // readers saw the pipes close.
+            for reader in self.readers.drain(..) {
+                let _ = reader.join();
+            }
+        }
         // The console as it was when the test gave up, before the stall report adds input.
         let console = last_lines(&self.console(), DIAGNOSTIC_LINES);
         let (stalled, stall) = match exited {
