@@ -568,3 +568,143 @@ fn tests_decided_in_an_earlier_l1_are_not_run_again() {
         assert_has(&stdout, counts);
     }
 }
+
+/// Tells [`the_harness_judges_a_vmm_that_fails_to_boot`] it runs as the child of a scenario.
+const SCENARIO_VAR: &str = "VMM_NESTED_FAULTS_SCENARIO";
+
+/// Fake vmms for the harness to boot: each counts its starts in `starts` next to itself.
+const FAKE_VMM_START: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+n=$(($(cat "$dir/starts" 2>/dev/null || echo 0) + 1))
+echo "$n" >"$dir/starts"
+"#;
+
+/// (scenario, the fake vmm's behaviour after counting its start).
+const FAKE_VMMS: &[(&str, &str)] = &[
+    // Triple-faults once, then boots and powers off when asked.
+    (
+        "triple-fault-once",
+        "if [ \"$n\" = 1 ]; then echo 'vmm: the guest triple-faulted on vCPU 1' >&2; exit 4; fi\n\
+         echo VMMTEST-READY; read -r line; exit 0\n",
+    ),
+    (
+        "triple-fault-always",
+        "echo 'vmm: the guest triple-faulted on vCPU 1' >&2; exit 4\n",
+    ),
+    (
+        "vmm-error",
+        "echo 'vmm: cannot read the kernel /x: No such file' >&2; exit 1\n",
+    ),
+    // Says nothing and uses no CPU, like a guest halted for good.
+    ("halted", "exec sleep 1000\n"),
+];
+
+/// Runs this test binary's [`the_harness_judges_a_vmm_that_fails_to_boot`] as a nested
+/// boot test would run, booting the fake vmm of `scenario`; returns its status, its output
+/// and the fake's starts.
+fn boot_fake_vmm(scenario: &str, behaviour: &str) -> (Option<i32>, String, u32) {
+    let dir = common::temp_dir("fake-vmm");
+    let file = |name: &str| dir.as_path().join(name);
+    fs::write(file("vmm"), format!("{FAKE_VMM_START}{behaviour}")).expect("fake vmm");
+    fs::set_permissions(file("vmm"), fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::write(file("kernel"), "").expect("kernel");
+    let output = Command::new(std::env::current_exe().expect("this test binary"))
+        .args([
+            "--exact",
+            "the_harness_judges_a_vmm_that_fails_to_boot",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(SCENARIO_VAR, scenario)
+        .env("VMM_BIN", file("vmm"))
+        .env("VMM_GUEST_KERNEL", file("kernel"))
+        .env("VMM_GUEST_INITRD", file("kernel"))
+        .env("VMM_TEST_NESTED", "1")
+        .env("VMM_TEST_BOOT_ATTEMPTS", "3")
+        // The halted fake's boot gives up after 1.8 s.
+        .env("VMM_TEST_TIMEOUT_SCALE", "0.01")
+        .env_remove("VMM_TEST_GUEST_CMDLINE")
+        .env_remove("VMM_TEST_CONSOLE")
+        .output()
+        .expect("run this test binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let starts = fs::read_to_string(file("starts"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    (output.status.code(), text, starts)
+}
+
+/// The harness's own retry and verdict, end to end with fake vmms: a boot is tried again
+/// only after a triple fault, each retry and the final verdict named in the output.
+#[test]
+fn the_harness_judges_a_vmm_that_fails_to_boot() {
+    if std::env::var_os(SCENARIO_VAR).is_some() {
+        // The child: boot as a boot test does, and power off.
+        let mut vm = common::GuestVm::builder().boot();
+        assert!(vm.poweroff().success());
+        return;
+    }
+    let verdicts = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("=== NESTED-FAULT") || l.starts_with("=== NOT-NESTED"))
+            .map(str::to_string)
+            .collect()
+    };
+    let retry = |attempt: u32| {
+        format!(
+            "boot attempt {attempt} of 3 failed: guest-triple-fault vcpu=1; booting again \
+             (VMM_TEST_BOOT_ATTEMPTS=3)"
+        )
+    };
+    for (scenario, behaviour) in FAKE_VMMS {
+        let (status, text, starts) = boot_fake_vmm(scenario, behaviour);
+        match *scenario {
+            "triple-fault-once" => {
+                assert_eq!(status, Some(0), "{text}");
+                assert_eq!(starts, 2, "{text}");
+                assert_has(&text, &retry(1));
+                assert_eq!(verdicts(&text), Vec::<String>::new(), "{text}");
+            }
+            "triple-fault-always" => {
+                assert_eq!(status, Some(101), "{text}");
+                assert_eq!(starts, 3, "{text}");
+                assert_has(&text, &retry(1));
+                assert_has(&text, &retry(2));
+                assert_eq!(
+                    verdicts(&text),
+                    ["=== NESTED-FAULT guest-triple-fault vcpu=1"],
+                    "{text}"
+                );
+            }
+            "vmm-error" => {
+                assert_eq!(status, Some(101), "{text}");
+                assert_eq!(starts, 1, "{text}");
+                assert!(!text.contains("booting again"), "{text}");
+                assert_eq!(
+                    verdicts(&text),
+                    ["=== NOT-NESTED-FAULT the vmm exited with status 1: \
+                         \"vmm: cannot read the kernel /x: No such file\""],
+                    "{text}"
+                );
+            }
+            "halted" => {
+                assert_eq!(status, Some(101), "{text}");
+                assert_eq!(starts, 1, "{text}");
+                assert_eq!(
+                    verdicts(&text),
+                    [
+                        "=== NOT-NESTED-FAULT timed out with the guest halted, waiting for an \
+                         interrupt (no vCPU thread found)"
+                    ],
+                    "{text}"
+                );
+            }
+            other => panic!("no expectations for scenario {other}"),
+        }
+    }
+}
