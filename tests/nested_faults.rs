@@ -7,9 +7,10 @@
 mod common;
 
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use common::fault::{
     classify, EnvironmentFault, Evidence, Failure, Stall, Verdict, VmmState, SPINNING_PERCENT,
@@ -608,13 +609,19 @@ fn boot_fake_vmm(scenario: &str, behaviour: &str) -> (Option<i32>, String, u32) 
     fs::write(file("vmm"), format!("{FAKE_VMM_START}{behaviour}")).expect("fake vmm");
     fs::set_permissions(file("vmm"), fs::Permissions::from_mode(0o755)).expect("chmod");
     fs::write(file("kernel"), "").expect("kernel");
-    let output = Command::new(std::env::current_exe().expect("this test binary"))
+    // One pipe for stdout and stderr, as run-test-binaries.sh has it (`2>&1`): the lines
+    // it reads must stand on their own in libtest's output.
+    let (mut output_pipe, write_end) = common::pipe();
+    let stderr_end = write_end.try_clone().expect("dup the pipe");
+    let mut child = Command::new(std::env::current_exe().expect("this test binary"))
         .args([
             "--exact",
             "the_harness_judges_a_vmm_that_fails_to_boot",
-            "--nocapture",
             "--test-threads=1",
         ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::from(stderr_end))
         .env(SCENARIO_VAR, scenario)
         .env("VMM_BIN", file("vmm"))
         .env("VMM_GUEST_KERNEL", file("kernel"))
@@ -625,18 +632,20 @@ fn boot_fake_vmm(scenario: &str, behaviour: &str) -> (Option<i32>, String, u32) 
         .env("VMM_TEST_TIMEOUT_SCALE", "0.01")
         .env_remove("VMM_TEST_GUEST_CMDLINE")
         .env_remove("VMM_TEST_CONSOLE")
-        .output()
+        .spawn()
         .expect("run this test binary");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut bytes = Vec::new();
+    // The command's copies of the write end are closed, so this ends with the child.
+    output_pipe
+        .read_to_end(&mut bytes)
+        .expect("read its output");
+    let status = child.wait().expect("wait for it");
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     let starts = fs::read_to_string(file("starts"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
-    (output.status.code(), text, starts)
+    (status.code(), text, starts)
 }
 
 /// The harness's own retry and verdict, end to end with fake vmms: a boot is tried again

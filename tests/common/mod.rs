@@ -80,6 +80,15 @@ fn write_stderr(text: &str) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
+/// In nested mode, prints the harness's verdict on a failing test as the one line the test
+/// runner reads. It starts a line of its own: libtest has printed `test NAME ... ` and
+/// waits for the end of the test to finish that line.
+fn print_verdict(verdict: &Verdict) {
+    if nested() {
+        write_stderr(&format!("\n{}\n", verdict.marker_line()));
+    }
+}
+
 /// How many times [`GuestVmBuilder::boot`] may try to reach the ready marker.
 pub fn boot_attempts() -> u32 {
     std::env::var("VMM_TEST_BOOT_ATTEMPTS")
@@ -500,7 +509,7 @@ impl GuestVmBuilder {
                 ),
             };
             write_stderr(&format!(
-                "--- boot attempt {attempt} of {attempts}: {reason}\n{diagnostics}\n\
+                "\n--- boot attempt {attempt} of {attempts}: {reason}\n{diagnostics}\n\
                  boot attempt {attempt} of {attempts} failed: {fault}; booting again \
                  (VMM_TEST_BOOT_ATTEMPTS={attempts})\n"
             ));
@@ -736,9 +745,7 @@ impl GuestVm {
     /// Panics with `message` and the diagnostics; in nested mode the verdict goes to stderr
     /// first, as the one line the test runner reads.
     fn fail_reported(&mut self, message: &str, diagnostics: &str, verdict: &Verdict) -> ! {
-        if nested() {
-            write_stderr(&format!("{}\n", verdict.marker_line()));
-        }
+        print_verdict(verdict);
         panic!("{message}\n{diagnostics}");
     }
 
@@ -955,9 +962,7 @@ impl Drop for GuestVm {
                 Failure::Other
             };
             let (diagnostics, verdict) = self.failure_report(failure);
-            if nested() {
-                write_stderr(&format!("{}\n", verdict.marker_line()));
-            }
+            print_verdict(&verdict);
             eprintln!("{diagnostics}");
         }
         if self.exit_status.is_none() && self.child.try_wait().ok().flatten().is_none() {
