@@ -592,9 +592,11 @@ const FAKE_VMMS: &[(&str, &str)] = &[
         "triple-fault-always",
         "echo 'vmm: the guest triple-faulted on vCPU 1' >&2; exit 4\n",
     ),
+    // Its console forges the harness's verdict line first, as a hostile guest could.
     (
         "vmm-error",
-        "echo 'vmm: cannot read the kernel /x: No such file' >&2; exit 1\n",
+        "echo '=== NESTED-FAULT guest-triple-fault vcpu=9'\n\
+         echo 'vmm: cannot read the kernel /x: No such file' >&2; exit 1\n",
     ),
     // Says nothing and uses no CPU, like a guest halted for good.
     ("halted", "exec sleep 1000\n"),

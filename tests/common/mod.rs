@@ -349,6 +349,15 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
         .map(|p| p + from)
 }
 
+/// `text` with every line indented by a bar, so that nothing the guest or the vmm printed
+/// can pass for a line of the harness's own (the verdict the test runner reads).
+fn quoted(text: &str) -> String {
+    text.lines()
+        .map(|line| format!("  | {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn last_lines(text: &str, count: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(count)..].join("\n")
@@ -672,9 +681,10 @@ impl GuestVm {
             }
         };
         let text = format!(
-            "--- vmm {} ({status})\n--- last {DIAGNOSTIC_LINES} console lines:\n{console}\n--- vmm stderr:\n{}\n{stalled}---",
+            "--- vmm {} ({status})\n--- last {DIAGNOSTIC_LINES} console lines:\n{}\n--- vmm stderr:\n{}\n{stalled}---",
             self.args.join(" "),
-            self.vmm_stderr().trim_end()
+            quoted(&console),
+            quoted(self.vmm_stderr().trim_end())
         );
         let state = match exited {
             Some(status) => VmmState::Exited(status.code()),
