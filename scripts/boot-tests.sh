@@ -10,9 +10,14 @@
 # binary (a name filter, --exact, ...). Ends with `boot tests: N passed, M failed`; fails
 # if any failed or none ran.
 #
+# Nested, a failure is run again only when the nested environment caused it (a guest
+# triple fault or spinning stall, a stuck L1 CPU: scripts/run-test-binaries.sh; an L1 that
+# panicked or froze: here), and the end counts those retries by class in
+# `environment faults retried, …` lines (docs/testing.md, "Retries").
+#
 # Environment: VMM_TEST_MODE, VMM_BIN (direct mode only: another vmm binary), the
 # VMM_TEST_* and VMM_L1_* variables of docs/testing.md, VMM_L1_RUNS (L1s that may be
-# started in all when one stops responding, default 3) and VMM_BOOT_TESTS_BUDGET (seconds
+# started in all when one panics or freezes, default 3) and VMM_BOOT_TESTS_BUDGET (seconds
 # all nested runs may take together, default 4200).
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -28,10 +33,47 @@ run_direct() {
     mapfile -t tests < <(awk -F'\t' '$1 == "test" { print $3 }' <<<"$artifacts")
     ((${#tests[@]})) || die "cargo built no integration test binary"
     log "running ${#tests[@]} test binaries directly with $vmm"
+    local output=$CACHE_DIR/direct-tests.log status=0
     VMM_BIN=$vmm VMM_GUEST_KERNEL=$CACHE_DIR/vmlinuz \
         VMM_GUEST_MINIMAL_KERNEL=$CACHE_DIR/vmlinuz-minimal \
         VMM_GUEST_INITRD=$CACHE_DIR/initramfs.cpio.gz RUST_BACKTRACE=${RUST_BACKTRACE:-1} \
-        "$REPO/scripts/run-test-binaries.sh" "${tests[@]}" -- "$@"
+        "$REPO/scripts/run-test-binaries.sh" "${tests[@]}" -- "$@" | tee "$output" || status=$?
+    retry_summary direct "$output"
+    return "$status"
+}
+
+# Prints `CLASS COUNT` pairs, most frequent first, as ` (a 2, b 1)`, or nothing.
+classes_of() {
+    sort | uniq -c | sort -k1,1nr -k2,2 | awk '
+        { sep = NR == 1 ? " (" : ", "; printf "%s%s %s", sep, $2, $1 }
+        END { if (NR) print ")" }'
+}
+
+# Prints, from the output FILEs of every run in MODE, the retries granted for a fault of
+# the nested environment, by class (the lines' formats: tests/common/mod.rs,
+# run-test-binaries.sh and run_nested below). scripts/test.sh repeats them in its summary.
+#   retry_summary MODE FILE...
+retry_summary() {
+    local mode=$1 lines
+    shift
+    lines=$(cat "$@" | tr -d '\r')
+    local boots runs hosts
+    boots=$(sed -nE 's/^boot attempt [0-9]+ of [0-9]+ failed: ([a-z0-9-]+).*; booting again.*/\1/p' <<<"$lines")
+    runs=$(sed -nE 's/^=== run [0-9]+ of .* failed \(exit status [0-9]+\): ([a-z0-9-]+).*; running it again$/\1/p' <<<"$lines")
+    hosts=$(sed -nE 's/^=== L1 run [0-9]+ ended: ([a-z0-9-]+) .*; starting a fresh L1.*/\1/p' <<<"$lines")
+    echo "environment faults retried, boot attempts: $(grep -c . <<<"$boots")$(grep . <<<"$boots" | classes_of)"
+    echo "environment faults retried, test runs: $(grep -c . <<<"$runs")$(grep . <<<"$runs" | classes_of)"
+    [[ $mode != nested ]] ||
+        echo "environment faults retried, L1 hosts replaced: $(grep -c . <<<"$hosts")$(grep . <<<"$hosts" | classes_of)"
+}
+
+# The test L1 was running when it ended, from its console: the last `=== RUN` without a
+# `=== PASS` or `=== FAIL` after it; nothing when it was between tests.
+test_in_progress() {
+    tr -d '\r' <"$1" | awk '
+        /^=== RUN / { current = $3 " " $4 }
+        /^=== (PASS|FAIL) / { current = "" }
+        END { print current }'
 }
 
 # Copies an executable into the payload without its debug sections: L1 holds the payload
@@ -96,16 +138,18 @@ run_nested() {
         echo "export VMM_BIN=/payload/vmm VMM_GUEST_KERNEL=/payload/vmlinuz"
         echo "export VMM_GUEST_MINIMAL_KERNEL=/payload/vmlinuz-minimal"
         echo "export VMM_GUEST_INITRD=/payload/initramfs.cpio.gz RUST_BACKTRACE=${RUST_BACKTRACE:-1}"
-        # Nested guests now and then crash or stall in early boot whatever the VMM
-        # (tests/common/mod.rs, GuestVmBuilder::boot); let each boot try again.
+        # Nested guests now and then triple-fault or stall spinning whatever the VMM
+        # (docs/testing.md, "Retries"). The harness then says so (VMM_TEST_NESTED), and
+        # only such a failure is granted another boot (GuestVmBuilder::boot) ...
+        echo "export VMM_TEST_NESTED=1"
         echo "export VMM_TEST_BOOT_ATTEMPTS=${VMM_TEST_BOOT_ATTEMPTS:-3}"
-        # ... and stall later too (an L1 soft lockup, a guest that stops mid-output), so a
-        # failed test runs again on its own; every run is logged and counted.
+        # ... or another run of the whole test, as is an L1 CPU stuck in a vmm; every
+        # run is logged and every retry named and counted.
         echo "export VMM_TEST_ATTEMPTS=${VMM_TEST_ATTEMPTS:-4}"
         # A run that outlives every timeout of its own is ended (with its VMMs) after this.
         echo "export VMM_TEST_WATCHDOG=${VMM_TEST_WATCHDOG:-1200}"
-        # Tests that passed in an earlier L1 which then stopped responding (below).
-        echo "export VMM_TEST_SKIP_FILE=/payload/passed"
+        # Tests decided in an earlier L1 which then panicked or froze (below).
+        echo "export VMM_TEST_SKIP_FILE=/payload/passed VMM_TEST_FAILED_FILE=/payload/failed"
         if [[ -x $payload/promtool/promtool ]]; then
             echo "export VMM_PROMTOOL=/payload/promtool/promtool"
         fi
@@ -122,33 +166,56 @@ run_nested() {
     } >"$payload/run"
     chmod 0755 "$payload/run"
 
-    # An L1 that freezes as a whole (seen under TCG now and then: no output, no heartbeat)
-    # is ended by run-l1.sh with status 125. Then a fresh L1 runs the tests that had not
-    # passed yet, within the time budget, so one frozen L1 does not cost the whole suite.
-    local runs=${VMM_L1_RUNS:-3} run=1 status left per_run
+    # An L1 that panics or freezes as a whole (seen under TCG now and then) is ended by
+    # run-l1.sh with status 125, and its outcome file says which. Then a fresh L1 runs the
+    # tests not decided yet (the one in progress among them), within the time budget, so
+    # one lost L1 does not cost the whole suite. An L1 that timed out or ended otherwise
+    # is not the environment's known fault: nothing more is run.
+    local runs=${VMM_L1_RUNS:-3} run=1 status left per_run word sentence current
     local deadline=$((SECONDS + ${VMM_BOOT_TESTS_BUDGET:-4200}))
-    local console=$CACHE_DIR/nested/l1-console.log
+    local outcome=$CACHE_DIR/nested/l1-outcome consoles=()
     : >"$payload/passed"
+    : >"$payload/failed"
+    rm -f "$CACHE_DIR"/nested/l1-console-*.log
     log "running ${#names[@]} test binaries inside L1"
     while :; do
         left=$((deadline - SECONDS))
         per_run=${VMM_L1_TIMEOUT:-3000}
         ((per_run <= left)) || per_run=$left
+        consoles+=("$CACHE_DIR/nested/l1-console-$run.log")
         status=0
-        VMM_L1_TIMEOUT=$per_run "$REPO/scripts/nested/run-l1.sh" "$payload" |
-            tee "$console" || status=$?
-        ((status == 125 && run < runs)) || break
-        tr -d '\r' <"$console" | sed -n 's/^=== PASS \([^ ]*\) \([^ ]*\)$/\1 \2/p' \
+        rm -f "$outcome"
+        VMM_L1_TIMEOUT=$per_run "$REPO/scripts/nested/run-l1.sh" --outcome-file "$outcome" \
+            "$payload" | tee "${consoles[-1]}" || status=$?
+        ((status == 125)) || break
+        word=$(cut -f1 "$outcome" 2>/dev/null || echo ended)
+        sentence=$(cut -f2- "$outcome" 2>/dev/null || echo "L1 ended without saying how")
+        current=$(test_in_progress "${consoles[-1]}")
+        tr -d '\r' <"${consoles[-1]}" | sed -n 's/^=== PASS \([^ ]*\) \([^ ]*\)$/\1 \2/p' \
             >>"$payload/passed"
+        tr -d '\r' <"${consoles[-1]}" | sed -n 's/^=== FAIL \([^ ]*\) \([^ ]*\).*/\1 \2/p' \
+            >>"$payload/failed"
         left=$((deadline - SECONDS))
+        local ended="=== L1 run $run ended: l1-$word between tests: $sentence"
+        [[ -z $current ]] || ended="=== L1 run $run ended: l1-$word during $current: $sentence"
+        if [[ $word != panic && $word != frozen ]]; then
+            echo "$ended; not the nested environment's known fault, so nothing more is run"
+            break
+        fi
+        if ((run >= runs)); then
+            echo "$ended; that was the last of VMM_L1_RUNS=$runs L1s"
+            break
+        fi
         if ((left < 600)); then
-            log "L1 did not finish and only $left s of the budget are left: not starting another"
+            echo "$ended; only $left s of the budget are left, so no fresh L1"
             break
         fi
         run=$((run + 1))
-        log "L1 did not finish; $(wc -l <"$payload/passed") tests have passed so far." \
-            "Starting L1 run $run of $runs for the rest ($left s left of the budget)"
+        echo "$ended; starting a fresh L1 (run $run of $runs, $left s left of the budget)" \
+            "for the tests not decided yet: $(wc -l <"$payload/passed") passed and" \
+            "$(wc -l <"$payload/failed") failed so far"
     done
+    retry_summary nested "${consoles[@]}"
     return "$status"
 }
 
