@@ -119,9 +119,11 @@ print_direct_banner() {
     echo "    curl --unix-socket $sock http://localhost/balloon/statistics"
 }
 
-# Writes the payload's job: the banner, then the tour (TOUR=1) or the vmm alone, with
-# ARGS. With CRASH=1, L1's kernel is made to crash a few seconds in, as if QEMU's emulated
-# SVM had failed (testing only).
+# Writes the payload's job: the banner, then scripts/nested/demo-tour, which runs the vmm
+# with ARGS and gives it the terminal after the tour (TOUR=1) or at once (in L1 the
+# terminal cannot simply be the vmm's stdin; demo-tour says why). With CRASH=1, L1's
+# kernel is made to crash a few seconds in, as if QEMU's emulated SVM had failed (testing
+# only).
 write_demo_job() {
     local job=$1 crash=$2 tour=$3
     shift 3
@@ -135,7 +137,7 @@ write_demo_job() {
         if ((tour)); then
             echo "exec /payload/demo-tour /payload/vmm --kernel /payload/vmlinuz \\"
         else
-            echo "exec /payload/vmm --kernel /payload/vmlinuz \\"
+            echo "exec /payload/demo-tour --no-tour /payload/vmm --kernel /payload/vmlinuz \\"
         fi
         echo "    --initrd /payload/initramfs.cpio.gz $(sh_quote "$@")"
     } >"$job"
