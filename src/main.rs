@@ -1,5 +1,7 @@
 //! The `vmm` command line: parses arguments, sets up logging, runs the VM (or the `ctl`
-//! client), and turns the outcome into one line on stderr and an exit status.
+//! client), and turns the outcome into one line on stderr and an exit status. It also
+//! prints shell completion scripts and writes the manual pages, both generated from the
+//! clap definitions below so that they cannot drift from the real flags.
 //!
 //! That last line is the program's answer, not a log message: it is written plainly
 //! (`vmm: ...`), whatever the log level, as are usage errors. Everything logged while the VM
@@ -12,10 +14,10 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use log::LevelFilter;
 
 use vmm::api::CtlArgs;
@@ -47,6 +49,18 @@ struct Cli {
 enum Command {
     /// Talk to a running vmm through its API socket.
     Ctl(CtlArgs),
+    /// Print a shell completion script for vmm (bash, zsh or fish; also elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write vmm's manual pages into DIR: vmm.1, and one per command (vmm-ctl.1, ...).
+    ManPages {
+        /// An existing directory, e.g. /usr/local/share/man/man1.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// Boot a Linux bzImage.
@@ -173,10 +187,40 @@ fn run_command() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
-    if let Some(Command::Ctl(args)) = cli.command {
-        return run_ctl(&args);
+    match cli.command {
+        Some(Command::Ctl(args)) => run_ctl(&args),
+        Some(Command::Completions { shell }) => print_completions(shell),
+        Some(Command::ManPages { dir }) => write_man_pages(&dir),
+        None => run_vm(cli.run),
     }
-    run_vm(cli.run)
+}
+
+/// The script is generated into memory first: clap_complete panics on a failed write, and
+/// stdout may be a pipe whose reader has gone.
+fn print_completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "vmm", &mut script);
+    let mut stdout = io::stdout();
+    match stdout.write_all(&script).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(
+            format_args!("vmm completions: cannot write the {shell} script: {e}"),
+            exit_status::VMM_ERROR,
+        ),
+    }
+}
+
+fn write_man_pages(dir: &Path) -> ExitCode {
+    match clap_mangen::generate_to(Cli::command(), dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(
+            format_args!(
+                "vmm man-pages: cannot write the pages into {}: {e}",
+                dir.display()
+            ),
+            exit_status::VMM_ERROR,
+        ),
+    }
 }
 
 /// Help and version go to stdout as clap formats them; a usage error becomes one line.
