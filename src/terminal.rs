@@ -52,12 +52,20 @@ pub fn stdin_is_terminal() -> bool {
     unsafe { libc::isatty(libc::STDIN_FILENO) == 1 }
 }
 
-/// Whether vmm's process group is the foreground process group of the terminal on stdin.
+/// Whether vmm may read and configure the terminal on stdin without being stopped by job
+/// control: its process group is the terminal's foreground group, or the terminal is not
+/// vmm's controlling terminal at all (job control signals come only from that one; an
+/// init or a supervisor may hand a serial line to a process without a session).
 pub fn is_foreground() -> bool {
-    // SAFETY: both calls only query; tcgetpgrp fails (-1) when stdin is no terminal or
-    // has no foreground group.
-    let (foreground, ours) = unsafe { (libc::tcgetpgrp(libc::STDIN_FILENO), libc::getpgrp()) };
-    foreground != -1 && foreground == ours
+    // SAFETY: tcgetpgrp only queries; it fails (-1) when stdin is no terminal, is a
+    // terminal other than the controlling one (ENOTTY), or has no foreground group.
+    let foreground = unsafe { libc::tcgetpgrp(libc::STDIN_FILENO) };
+    if foreground == -1 {
+        let not_controlling = std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTTY);
+        return not_controlling && stdin_is_terminal();
+    }
+    // SAFETY: getpgrp only queries and cannot fail.
+    foreground == unsafe { libc::getpgrp() }
 }
 
 /// Puts the terminal on stdin in raw mode if vmm is its foreground process; returns

@@ -355,3 +355,71 @@ fn vmm_in_the_background_is_never_stopped_and_takes_the_terminal_only_in_the_for
     let errors = text(&std::fs::read(&stderr).unwrap_or_default());
     assert!(!errors.contains("panicked"), "{errors}");
 }
+
+/// A terminal on stdin that is not vmm's controlling terminal (an init or a supervisor
+/// handing a serial line to vmm, with no session around it) cannot stop vmm by job
+/// control, so vmm takes it: raw mode while it runs, the settings back when it ends.
+#[test]
+fn a_terminal_that_is_not_the_controlling_one_is_taken() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+
+    need_kvm();
+    let dir: TempDir = common::temp_dir("no-ctty");
+    let kernel = tiny_bzimage(dir.as_path(), b"TINY-GUEST-OUTPUT\r\n", Then::Spin);
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two descriptors into the integers it is given; the name,
+    // settings and window size are optional (null).
+    let ret = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(ret, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty succeeded, so both are open descriptors that nothing else owns.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let tty = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd()))
+        .expect("the terminal's name")
+        .display()
+        .to_string();
+    assert!(is_cooked(&tty), "a new terminal: {:?}", stty(&tty));
+
+    let mut command = Command::new(common::vmm_bin());
+    command
+        .args(["--kernel", &kernel.display().to_string(), "--mem", "64M"])
+        .stdin(Stdio::from(slave))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe; the child starts a session of its own, so it
+    // has no controlling terminal at all.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().expect("cannot start vmm");
+    let pid = child.id();
+    let _kill = KillOnDrop(pid);
+    common::wait_until(
+        common::scaled(REACTION_TIMEOUT),
+        "raw mode on a terminal that is not vmm's controlling one",
+        || is_raw(&tty).then_some(()),
+    );
+    // SAFETY: kill(2) on the vmm this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().expect("vmm's exit");
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    assert!(
+        is_cooked(&tty),
+        "the terminal after vmm ended: {:?}",
+        stty(&tty)
+    );
+    drop(master);
+}
