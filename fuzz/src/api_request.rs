@@ -216,9 +216,9 @@ fn receive(client: &mut UnixStream, answers: &mut Vec<u8>) {
     }
 }
 
-/// The answers are complete HTTP/1.1 responses one after the other, each with a JSON
-/// object of its `Content-Length` as body, or no body (204, 100 Continue, an answer to
-/// HEAD).
+/// The answers are complete HTTP/1.1 responses one after the other, each with a body of
+/// its `Content-Length` (a JSON object, or the metrics as text), or no body (204, 100
+/// Continue, an answer to HEAD).
 fn check_answers(mut answers: &[u8]) {
     while !answers.is_empty() {
         let mut headers = [httparse::EMPTY_HEADER; 16];
@@ -235,25 +235,36 @@ fn check_answers(mut answers: &[u8]) {
         // the connection turns into 500, is a bug).
         let status = response.code.expect("a status code");
         assert!((100..500).contains(&status), "status {status}");
-        let content_length = response
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .map(|h| {
-                std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .expect("a numeric Content-Length")
-            });
+        let header = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| std::str::from_utf8(h.value).expect("a header value in UTF-8"))
+        };
+        let content_length =
+            header("content-length").map(|v| v.parse::<usize>().expect("a numeric Content-Length"));
+        let content_type = header("content-type").unwrap_or_default().to_string();
         answers = &answers[head..];
-        // A body is a JSON object; an answer to HEAD has the length but not the body.
-        if let (Some(length), Some(b'{')) = (content_length, answers.first()) {
-            assert!(answers.len() >= length, "a body cut short");
-            let body: serde_json::Value =
-                serde_json::from_slice(&answers[..length]).expect("a JSON body");
+        // An answer to HEAD has the length but not the body: the next answer follows.
+        let Some(length) =
+            content_length.filter(|_| !answers.is_empty() && !answers.starts_with(b"HTTP/"))
+        else {
+            continue;
+        };
+        assert!(answers.len() >= length, "a body cut short");
+        let body = &answers[..length];
+        if content_type.starts_with("application/json") {
+            let body: serde_json::Value = serde_json::from_slice(body).expect("a JSON body");
             assert!(body.is_object(), "{body}");
-            answers = &answers[length..];
+        } else if content_type.starts_with("text/plain") {
+            // `GET /metrics`: the Prometheus text format, whole lines of UTF-8.
+            let text = std::str::from_utf8(body).expect("a text body in UTF-8");
+            assert!(text.ends_with('\n'), "{text}");
+        } else {
+            panic!("a body of unexpected type {content_type:?}");
         }
+        answers = &answers[length..];
     }
 }
 
@@ -282,6 +293,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let requests = [
         request("GET", "/vm", None),
         request("GET", "/balloon", None),
+        request("GET", "/metrics", None),
         request("GET", "/balloon/statistics", None),
         request("PATCH", "/balloon/statistics", Some(interval)),
         request(
