@@ -119,3 +119,26 @@ sh_quote() {
         printf "'%s' " "${arg//\'/\'\\\'\'}"
     done
 }
+
+# Firmware QEMU's microvm machine may load (qboot, and the option ROMs for -kernel).
+QEMU_FIRMWARE=(bios-microvm.bin qboot.rom linuxboot_dma.bin linuxboot.bin pvh.bin)
+
+# Copies QEMU, the shared libraries it links (ldd), the dynamic loader and the firmware
+# microvm needs into DIR, to run in L1 (which has no shared libraries of its own) as
+#   DIR/lib/ld-linux-x86-64.so.2 --library-path DIR/lib DIR/qemu-system-x86_64 -L DIR/share
+# Used by scripts/nested/fault-control.sh and scripts/bench.sh.
+bundle_qemu() {
+    local dir=$1 qemu lib fw
+    qemu=$(command -v qemu-system-x86_64) || die "qemu-system-x86_64 not found (run scripts/install-deps.sh)"
+    mkdir -p "$dir/lib" "$dir/share"
+    cp "$qemu" "$dir/qemu-system-x86_64"
+    # ldd prints `name => /path (address)` per library and `/path/ld-linux... (address)`
+    # for the loader.
+    for lib in $(ldd "$qemu" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+        cp -L "$lib" "$dir/lib/"
+    done
+    [[ -e $dir/lib/ld-linux-x86-64.so.2 ]] || die "ldd named no ld-linux-x86-64.so.2 for $qemu"
+    for fw in "${QEMU_FIRMWARE[@]}"; do
+        cp -L "/usr/share/qemu/$fw" "$dir/share/" || die "QEMU firmware $fw is missing"
+    done
+}
