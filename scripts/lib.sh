@@ -94,10 +94,12 @@ choose_mode() {
 # `bin<TAB>vmm<TAB>PATH` and `test<TAB>NAME<TAB>PATH`. With `static`, everything is linked
 # statically (for L1, which has no shared libraries). The vmm is built with the
 # `test-hooks` feature, so the boot tests can inject faults (src/test_hooks.rs).
-# Cargo's progress goes to stderr.
+# Cargo's progress goes to stderr. Only the vmm package: the workspace's tools have no
+# boot tests.
 build_test_artifacts() {
     local flavour=$1 json
-    local cargo_args=(test --no-run --tests --features test-hooks --message-format=json-render-diagnostics)
+    local cargo_args=(test --no-run --tests --package vmm --features test-hooks
+        --message-format=json-render-diagnostics)
     if [[ $flavour == static ]]; then
         cargo_args+=(--target "$STATIC_TARGET")
         json=$(cd "$REPO" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
