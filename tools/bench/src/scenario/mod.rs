@@ -29,6 +29,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 const RESIZE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a VMM may take to exit after the guest powered off.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a failure waits for the VMM to exit, to say how it ended.
+const EXPLAIN_WAIT: Duration = Duration::from_secs(2);
 /// How often the balloon's size is read while it changes: each read is also a latency
 /// sample of the VMM's control interface.
 const RESIZE_POLL: Duration = Duration::from_millis(50);
@@ -160,8 +162,14 @@ impl Guest {
 
     /// Adds what became of the VMM process to an error, when it has exited.
     fn explain(&mut self, e: StepError) -> StepError {
-        let Ok(Some(status)) = self.child.try_wait() else {
-            return e;
+        // A closed console comes just before the exit: give the VMM a moment to end.
+        let deadline = Instant::now() + EXPLAIN_WAIT;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+                _ => return e,
+            }
         };
         let stderr = fs::read_to_string(&self.stderr_path).unwrap_or_default();
         let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");

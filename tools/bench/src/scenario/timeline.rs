@@ -170,7 +170,9 @@ fn workload(
         }
         out.set(key::BURST_S, took);
         phases.next("free", &[guest], out);
-        guest.run("memcheck stop")?;
+        // Wait for the filler within the command: busybox's interactive shell exits (as on
+        // end of input) when a background job ends while it sits at its prompt.
+        guest.run("memcheck stop && wait")?;
     }
 
     if ballooned_mib > 0 {
