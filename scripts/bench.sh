@@ -73,7 +73,7 @@ build_tool() {
 build_baseline() {
     local what=$1 dest=$2 sha src
     if [[ -f $what ]]; then
-        cp "$what" "$dest"
+        cp "$what" "$dest" || die "cannot copy $what"
         echo "$what"
         return
     fi
@@ -86,10 +86,14 @@ build_baseline() {
         git -C "$REPO" archive "$sha" | tar -x -C "$src"
     fi
     log "building the baseline vmm from $what ($sha)"
+    # The caller takes this function's output, so errexit does not reach in here: every
+    # step checks its own failure.
     (cd "$src" && CARGO_TARGET_DIR=$BENCH_DIR/baseline-target \
         RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-        cargo build --release --target "$STATIC_TARGET" --package vmm --bin vmm) >&2
-    objcopy --strip-debug "$BENCH_DIR/baseline-target/$STATIC_TARGET/release/vmm" "$dest"
+        cargo build --release --target "$STATIC_TARGET" --package vmm --bin vmm) >&2 ||
+        die "cannot build the baseline vmm from $what (see above)"
+    objcopy --strip-debug "$BENCH_DIR/baseline-target/$STATIC_TARGET/release/vmm" "$dest" ||
+        die "cannot copy the baseline vmm"
     echo "$what ($(git -C "$REPO" log -1 --format='%h %s' "$sha"))"
 }
 
