@@ -12,6 +12,8 @@ pub mod key {
     pub const RSS_IDLE_MIB: &str = "rss_idle_mib";
     pub const GUEST_USED_IDLE_MIB: &str = "guest_used_idle_mib";
     pub const IDLE_RATIO: &str = "idle_ratio";
+    pub const GUEST_NOT_FREE_IDLE_MIB: &str = "guest_not_free_idle_mib";
+    pub const IDLE_RATIO_NOT_FREE: &str = "idle_ratio_not_free";
     pub const OWN_IDLE_MIB: &str = "own_idle_mib";
     pub const IDLE_VMM_CPU_PCT: &str = "idle_vmm_cpu_pct";
     pub const FILL_RISE_MIB: &str = "fill_rise_mib";
@@ -150,6 +152,18 @@ pub const FIGURES: &[Figure] = &[
         Scenario::Boot,
         key::IDLE_RATIO,
         "idle guest: host RSS / memory in use inside",
+        Unit::Ratio,
+    ),
+    figure(
+        Scenario::Boot,
+        key::GUEST_NOT_FREE_IDLE_MIB,
+        "idle guest: memory not free inside (RAM − MemFree)",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::Boot,
+        key::IDLE_RATIO_NOT_FREE,
+        "idle guest: host RSS / memory not free inside",
         Unit::Ratio,
     ),
     figure(

@@ -62,13 +62,17 @@ fn measure(guest: &mut Guest, out: &mut Outcome, idle: bool) -> Result<(), StepE
     let host = guest.memory_use()?;
     let (_, vmm_cpu_s) = phases.end(&[guest], out);
     let idle_s = out.phases.last().map_or(0.0, |p| p.end_s - p.start_s);
-    let used_mib = guest.guest_used_mib()?;
+    let (used_mib, not_free_mib) = guest.guest_used_mib()?;
     let rss_mib = kib_to_mib(host.rss_kib);
     out.set(key::RSS_IDLE_MIB, rss_mib);
     out.set(key::OWN_IDLE_MIB, kib_to_mib(host.own_kib()));
     out.set(key::GUEST_USED_IDLE_MIB, used_mib);
+    out.set(key::GUEST_NOT_FREE_IDLE_MIB, not_free_mib);
     if used_mib > 0.0 {
         out.set(key::IDLE_RATIO, rss_mib / used_mib);
+    }
+    if not_free_mib > 0.0 {
+        out.set(key::IDLE_RATIO_NOT_FREE, rss_mib / not_free_mib);
     }
     if idle_s > 0.0 {
         out.set(key::IDLE_VMM_CPU_PCT, 100.0 * vmm_cpu_s / idle_s);

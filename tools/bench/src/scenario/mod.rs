@@ -238,20 +238,13 @@ impl Guest {
         Ok((at, output))
     }
 
-    /// MemTotal − MemFree inside the guest, in MiB.
-    pub fn guest_used_mib(&mut self) -> Result<f64, StepError> {
+    /// What the guest says of its memory, in MiB: (MemTotal − MemFree, its RAM − MemFree).
+    /// The second also counts what the guest kernel reserved at boot, outside MemTotal.
+    pub fn guest_used_mib(&mut self) -> Result<(f64, f64), StepError> {
         let (_, text) = self.run("grep -E '^(MemTotal|MemFree):' /proc/meminfo")?;
-        let field = |name: &str| -> Option<f64> {
-            text.lines()
-                .find(|l| l.starts_with(name))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        };
-        match (field("MemTotal:"), field("MemFree:")) {
-            (Some(total), Some(free)) => Ok((total - free) / 1024.0),
-            _ => fail(format!("cannot read MemTotal and MemFree from {text:?}")),
+        match meminfo_used_mib(&text, self.machine.mem_mib) {
+            Some(used) => Ok(used),
+            None => fail(format!("cannot read MemTotal and MemFree from {text:?}")),
         }
     }
 
@@ -397,6 +390,24 @@ impl Phases {
     }
 }
 
+/// (MemTotal − MemFree, `mem_mib` − MemFree) in MiB from the guest's /proc/meminfo lines;
+/// `None` unless both fields are there as whole kB no larger than the guest's memory.
+fn meminfo_used_mib(text: &str, mem_mib: u64) -> Option<(f64, f64)> {
+    let field = |name: &str| -> Option<u64> {
+        let kib: u64 = text
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (kib <= mem_mib.saturating_mul(1024)).then_some(kib)
+    };
+    let (total, free) = (field("MemTotal:")?, field("MemFree:")?);
+    let used = total.checked_sub(free)?;
+    Some((kib_to_mib(used), mem_mib as f64 - kib_to_mib(free)))
+}
+
 /// Seconds since `origin` at `at`.
 fn since(origin: Instant, at: Instant) -> f64 {
     at.saturating_duration_since(origin).as_secs_f64()
@@ -420,6 +431,27 @@ pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meminfo_gives_used_and_not_free_memory() {
+        let text = "MemTotal:         996512 kB\nMemFree:          956296 kB\n";
+        let (used, not_free) = meminfo_used_mib(text, 1024).unwrap();
+        assert_eq!(used, (996512.0 - 956296.0) / 1024.0);
+        assert_eq!(not_free, 1024.0 - 956296.0 / 1024.0);
+        // What a hostile or broken guest may print instead.
+        for bad in [
+            "",
+            "MemTotal: 996512 kB\n",
+            "MemTotal: NaN kB\nMemFree: 1 kB\n",
+            "MemTotal: -5 kB\nMemFree: 1 kB\n",
+            "MemTotal: 100 kB\nMemFree: 200 kB\n",
+            "MemTotal: 99999999999999999999999 kB\nMemFree: 1 kB\n",
+            "MemTotal: 2000000 kB\nMemFree: 1 kB\n",
+            "MemTotal:\nMemFree:\n",
+        ] {
+            assert_eq!(meminfo_used_mib(bad, 1024), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn percentiles_by_nearest_rank() {
