@@ -94,10 +94,12 @@ choose_mode() {
 # `bin<TAB>vmm<TAB>PATH` and `test<TAB>NAME<TAB>PATH`. With `static`, everything is linked
 # statically (for L1, which has no shared libraries). The vmm is built with the
 # `test-hooks` feature, so the boot tests can inject faults (src/test_hooks.rs).
-# Cargo's progress goes to stderr.
+# Cargo's progress goes to stderr. Only the vmm package: the workspace's tools have no
+# boot tests.
 build_test_artifacts() {
     local flavour=$1 json
-    local cargo_args=(test --no-run --tests --features test-hooks --message-format=json-render-diagnostics)
+    local cargo_args=(test --no-run --tests --package vmm --features test-hooks
+        --message-format=json-render-diagnostics)
     if [[ $flavour == static ]]; then
         cargo_args+=(--target "$STATIC_TARGET")
         json=$(cd "$REPO" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
@@ -117,5 +119,28 @@ sh_quote() {
     local arg
     for arg in "$@"; do
         printf "'%s' " "${arg//\'/\'\\\'\'}"
+    done
+}
+
+# Firmware QEMU's microvm machine may load (qboot, and the option ROMs for -kernel).
+QEMU_FIRMWARE=(bios-microvm.bin qboot.rom linuxboot_dma.bin linuxboot.bin pvh.bin)
+
+# Copies QEMU, the shared libraries it links (ldd), the dynamic loader and the firmware
+# microvm needs into DIR, to run in L1 (which has no shared libraries of its own) as
+#   DIR/lib/ld-linux-x86-64.so.2 --library-path DIR/lib DIR/qemu-system-x86_64 -L DIR/share
+# Used by scripts/nested/fault-control.sh and scripts/bench.sh.
+bundle_qemu() {
+    local dir=$1 qemu lib fw
+    qemu=$(command -v qemu-system-x86_64) || die "qemu-system-x86_64 not found (run scripts/install-deps.sh)"
+    mkdir -p "$dir/lib" "$dir/share"
+    cp "$qemu" "$dir/qemu-system-x86_64"
+    # ldd prints `name => /path (address)` per library and `/path/ld-linux... (address)`
+    # for the loader.
+    for lib in $(ldd "$qemu" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+        cp -L "$lib" "$dir/lib/"
+    done
+    [[ -e $dir/lib/ld-linux-x86-64.so.2 ]] || die "ldd named no ld-linux-x86-64.so.2 for $qemu"
+    for fw in "${QEMU_FIRMWARE[@]}"; do
+        cp -L "/usr/share/qemu/$fw" "$dir/share/" || die "QEMU firmware $fw is missing"
     done
 }

@@ -41,27 +41,6 @@ source "$(dirname "$0")/../lib.sh"
 # while two writers fault in 256 MiB of tmpfs; freeing it gives page reporting work.
 WORKLOAD='dd if=/dev/zero of=/tmp/a bs=1M count=128 2>/dev/null & dd if=/dev/zero of=/tmp/b bs=1M count=128 2>/dev/null & dmesg; dmesg; wait; rm -f /tmp/a /tmp/b; sleep 3; echo CONTROL-WORKLOAD-DONE'
 GUEST_CMDLINE="clearcpuid=xsave vmmtest.run=\"$WORKLOAD\""
-# Firmware QEMU's microvm machine may load (qboot, and the option ROMs for -kernel).
-QEMU_FIRMWARE=(bios-microvm.bin qboot.rom linuxboot_dma.bin linuxboot.bin pvh.bin)
-
-# Copies QEMU, the shared libraries it links (ldd), the dynamic loader and the firmware
-# microvm needs into DIR, to run in L1 as
-#   DIR/lib/ld-linux-x86-64.so.2 --library-path DIR/lib DIR/qemu-system-x86_64 -L DIR/share
-bundle_qemu() {
-    local dir=$1 qemu lib fw
-    qemu=$(command -v qemu-system-x86_64)
-    mkdir -p "$dir/lib" "$dir/share"
-    cp "$qemu" "$dir/qemu-system-x86_64"
-    # ldd prints `name => /path (address)` per library and `/path/ld-linux... (address)`
-    # for the loader.
-    for lib in $(ldd "$qemu" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
-        cp -L "$lib" "$dir/lib/"
-    done
-    [[ -e $dir/lib/ld-linux-x86-64.so.2 ]] || die "ldd named no ld-linux-x86-64.so.2 for $qemu"
-    for fw in "${QEMU_FIRMWARE[@]}"; do
-        cp -L "/usr/share/qemu/$fw" "$dir/share/" || die "QEMU firmware $fw is missing"
-    done
-}
 
 build_payload() {
     local payload=$1

@@ -1,0 +1,334 @@
+//! Every figure the benchmark reports: its name in `result.json`, the scenario that
+//! measures it, and how the report shows it.
+
+use crate::plan::Scenario;
+
+/// The names figures have in `result.json`.
+pub mod key {
+    pub const EXEC_TO_READY_S: &str = "exec_to_ready_s";
+    pub const PRE_KERNEL_S: &str = "pre_kernel_s";
+    pub const RSS_READY_MIB: &str = "rss_ready_mib";
+    pub const OWN_READY_MIB: &str = "own_ready_mib";
+    pub const RSS_IDLE_MIB: &str = "rss_idle_mib";
+    pub const GUEST_USED_IDLE_MIB: &str = "guest_used_idle_mib";
+    pub const IDLE_RATIO: &str = "idle_ratio";
+    pub const GUEST_NOT_FREE_IDLE_MIB: &str = "guest_not_free_idle_mib";
+    pub const IDLE_RATIO_NOT_FREE: &str = "idle_ratio_not_free";
+    pub const OWN_IDLE_MIB: &str = "own_idle_mib";
+    pub const IDLE_VMM_CPU_PCT: &str = "idle_vmm_cpu_pct";
+    pub const FILL_RISE_MIB: &str = "fill_rise_mib";
+    pub const RETURNED_1S_PCT: &str = "returned_1s_pct";
+    pub const RETURNED_2S_PCT: &str = "returned_2s_pct";
+    pub const RETURNED_5S_PCT: &str = "returned_5s_pct";
+    pub const RETURNED_10S_PCT: &str = "returned_10s_pct";
+    pub const INFLATE_256_S: &str = "inflate_256_s";
+    pub const DEFLATE_256_S: &str = "deflate_256_s";
+    pub const INFLATE_1024_S: &str = "inflate_1024_s";
+    pub const DEFLATE_1024_S: &str = "deflate_1024_s";
+    pub const RSS_INFLATED_1024_MIB: &str = "rss_inflated_1024_mib";
+    pub const API_P50_MS: &str = "api_p50_ms";
+    pub const API_P99_MS: &str = "api_p99_ms";
+    pub const BURST_S: &str = "burst_s";
+    pub const BURST_DEFLATED_MIB: &str = "burst_deflated_mib";
+    pub const BURST_OOM_KILLS: &str = "burst_oom_kills";
+    pub const OWN_END_MIB: &str = "own_end_mib";
+    pub const ALL_READY_S: &str = "all_ready_s";
+    pub const TOTAL_RSS_IDLE_MIB: &str = "total_rss_idle_mib";
+    pub const TOTAL_RSS_PEAK_MIB: &str = "total_rss_peak_mib";
+    pub const TOTAL_RSS_FREED_MIB: &str = "total_rss_freed_mib";
+    pub const DENSITY_RETURNED_PCT: &str = "density_returned_pct";
+    pub const OWN_PER_GUEST_MIB: &str = "own_per_guest_mib";
+    // Not rows of the table: what the plot of freed memory starts from.
+    pub const FREED_AT_S: &str = "freed_at_s";
+    pub const FILLED_RSS_MIB: &str = "filled_rss_mib";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Seconds,
+    Mib,
+    Percent,
+    Ratio,
+    Ms,
+    Count,
+}
+
+impl Unit {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Unit::Seconds => " s",
+            Unit::Mib => " MiB",
+            Unit::Percent => " %",
+            Unit::Ratio => "×",
+            Unit::Ms => " ms",
+            Unit::Count => "",
+        }
+    }
+
+    pub fn decimals(self) -> usize {
+        match self {
+            Unit::Seconds | Unit::Mib | Unit::Ms => 1,
+            Unit::Ratio => 2,
+            Unit::Percent | Unit::Count => 0,
+        }
+    }
+}
+
+/// One row of the report's table.
+#[derive(Debug, Clone, Copy)]
+pub struct Figure {
+    pub scenario: Scenario,
+    pub key: &'static str,
+    pub label: &'static str,
+    pub unit: Unit,
+}
+
+const fn figure(scenario: Scenario, key: &'static str, label: &'static str, unit: Unit) -> Figure {
+    Figure {
+        scenario,
+        key,
+        label,
+        unit,
+    }
+}
+
+/// The report's rows, in order.
+pub const FIGURES: &[Figure] = &[
+    figure(
+        Scenario::Boot,
+        key::EXEC_TO_READY_S,
+        "exec → guest ready (stock kernel)",
+        Unit::Seconds,
+    ),
+    figure(
+        Scenario::Boot,
+        key::PRE_KERNEL_S,
+        "… of which before the guest kernel's clock starts",
+        Unit::Seconds,
+    ),
+    figure(
+        Scenario::Minimal,
+        key::EXEC_TO_READY_S,
+        "exec → guest ready (minimal kernel)",
+        Unit::Seconds,
+    ),
+    figure(
+        Scenario::Minimal,
+        key::PRE_KERNEL_S,
+        "… of which before the guest kernel's clock starts",
+        Unit::Seconds,
+    ),
+    figure(
+        Scenario::Boot,
+        key::RSS_READY_MIB,
+        "host RSS at guest ready",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::Boot,
+        key::OWN_READY_MIB,
+        "own overhead at guest ready (1 GiB, 2 vCPUs)",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::Minimal,
+        key::OWN_READY_MIB,
+        "own overhead at guest ready, minimal kernel",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::Boot,
+        key::RSS_IDLE_MIB,
+        "idle guest 30 s after ready: host RSS",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::Boot,
+        key::GUEST_USED_IDLE_MIB,
+        "idle guest: memory in use inside (MemTotal − MemFree)",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::Boot,
+        key::IDLE_RATIO,
+        "idle guest: host RSS / memory in use inside",
+        Unit::Ratio,
+    ),
+    figure(
+        Scenario::Boot,
+        key::GUEST_NOT_FREE_IDLE_MIB,
+        "idle guest: memory not free inside (RAM − MemFree)",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::Boot,
+        key::IDLE_RATIO_NOT_FREE,
+        "idle guest: host RSS / memory not free inside",
+        Unit::Ratio,
+    ),
+    figure(
+        Scenario::Boot,
+        key::OWN_IDLE_MIB,
+        "idle guest: own overhead",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::Boot,
+        key::IDLE_VMM_CPU_PCT,
+        "idle guest: CPU of the VMM's own threads",
+        Unit::Percent,
+    ),
+    figure(
+        Scenario::Timeline,
+        key::FILL_RISE_MIB,
+        "300 MiB filled in the guest: host RSS rise",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::Timeline,
+        key::RETURNED_1S_PCT,
+        "freed memory back on the host after 1 s",
+        Unit::Percent,
+    ),
+    figure(
+        Scenario::Timeline,
+        key::RETURNED_2S_PCT,
+        "… after 2 s",
+        Unit::Percent,
+    ),
+    figure(
+        Scenario::Timeline,
+        key::RETURNED_5S_PCT,
+        "… after 5 s",
+        Unit::Percent,
+    ),
+    figure(
+        Scenario::Timeline,
+        key::RETURNED_10S_PCT,
+        "… after 10 s",
+        Unit::Percent,
+    ),
+    figure(
+        Scenario::Timeline,
+        key::INFLATE_256_S,
+        "inflate 256 MiB: API call → actual reached",
+        Unit::Seconds,
+    ),
+    figure(
+        Scenario::Timeline,
+        key::DEFLATE_256_S,
+        "deflate 256 MiB",
+        Unit::Seconds,
+    ),
+    figure(
+        Scenario::Timeline,
+        key::INFLATE_1024_S,
+        "inflate 1 GiB (of 2 GiB)",
+        Unit::Seconds,
+    ),
+    figure(
+        Scenario::Timeline,
+        key::DEFLATE_1024_S,
+        "deflate 1 GiB",
+        Unit::Seconds,
+    ),
+    figure(
+        Scenario::Timeline,
+        key::RSS_INFLATED_1024_MIB,
+        "host RSS with 1 GiB inflated",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::Timeline,
+        key::API_P50_MS,
+        "balloon read while inflating: latency p50",
+        Unit::Ms,
+    ),
+    figure(Scenario::Timeline, key::API_P99_MS, "… p99", Unit::Ms),
+    figure(
+        Scenario::Timeline,
+        key::BURST_S,
+        "burst: guest takes 1152 MiB with 1 GiB ballooned",
+        Unit::Seconds,
+    ),
+    figure(
+        Scenario::Timeline,
+        key::BURST_DEFLATED_MIB,
+        "burst: balloon deflated on OOM",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::Timeline,
+        key::BURST_OOM_KILLS,
+        "burst: processes the guest's OOM killer ended",
+        Unit::Count,
+    ),
+    figure(
+        Scenario::Timeline,
+        key::OWN_END_MIB,
+        "own overhead after the workload (2 GiB, 2 vCPUs)",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::Density,
+        key::ALL_READY_S,
+        "4 guests: exec → all four ready",
+        Unit::Seconds,
+    ),
+    figure(
+        Scenario::Density,
+        key::TOTAL_RSS_IDLE_MIB,
+        "4 guests idle: total host RSS",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::Density,
+        key::TOTAL_RSS_PEAK_MIB,
+        "4 guests, 300 MiB each filled: total host RSS",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::Density,
+        key::TOTAL_RSS_FREED_MIB,
+        "4 guests, 10 s after freeing it: total host RSS",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::Density,
+        key::DENSITY_RETURNED_PCT,
+        "4 guests: freed memory back after 10 s",
+        Unit::Percent,
+    ),
+    figure(
+        Scenario::Density,
+        key::OWN_PER_GUEST_MIB,
+        "4 guests: own overhead per VMM process (1 GiB, 1 vCPU)",
+        Unit::Mib,
+    ),
+];
+
+/// The figures that are a VMM's own overhead, whatever the guest's size and vCPUs.
+pub const OWN_OVERHEAD: &[(Scenario, &str)] = &[
+    (Scenario::Boot, key::OWN_READY_MIB),
+    (Scenario::Boot, key::OWN_IDLE_MIB),
+    (Scenario::Minimal, key::OWN_READY_MIB),
+    (Scenario::Timeline, key::OWN_END_MIB),
+    (Scenario::Density, key::OWN_PER_GUEST_MIB),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_row_is_one_figure_of_one_scenario() {
+        let mut seen = HashSet::new();
+        for f in FIGURES {
+            assert!(seen.insert((f.scenario, f.key)), "{} twice", f.key);
+        }
+        for own in OWN_OVERHEAD {
+            assert!(seen.contains(own), "{own:?} is not a row");
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! What a run does: which scenarios, on which machines, with which VMMs, in which order.
+//!
+//! Every repetition runs each chosen scenario once with every VMM. The VMMs take turns
+//! going first (the order rotates by one each repetition), so a drift in the machine's
+//! load over the run does not favour one of them.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::launch::{BalloonFeatures, Machine, VmmUnderTest};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Boot the stock kernel as users run it, then leave the guest idle for 30 s.
+    Boot,
+    /// Boot the minimal kernel.
+    Minimal,
+    /// Boot, then the scripted workload, sampling host RSS throughout.
+    Timeline,
+    /// Four guests at once, each filling and freeing memory.
+    Density,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Boot,
+        Scenario::Minimal,
+        Scenario::Timeline,
+        Scenario::Density,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Boot => "boot",
+            Scenario::Minimal => "minimal",
+            Scenario::Timeline => "timeline",
+            Scenario::Density => "density",
+        }
+    }
+}
+
+/// Which parts of the timeline's workload run (all by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineParts {
+    /// Fill 300 MiB, free it, watch it come back.
+    pub reclaim: bool,
+    /// Inflate and deflate 256 MiB, then 1 GiB.
+    pub inflate: bool,
+    /// Inflate 1 GiB, then a burst that needs memory back from the balloon.
+    pub burst: bool,
+}
+
+/// What `--only` selects: a comma-separated list of these words.
+pub const PART_WORDS: &str =
+    "boot, minimal, reclaim, inflate, burst, timeline (= reclaim,inflate,burst), density";
+
+/// The scenarios (and timeline parts) a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selection {
+    pub boot: bool,
+    pub minimal: bool,
+    pub timeline: TimelineParts,
+    pub density: bool,
+}
+
+impl Selection {
+    pub fn everything() -> Selection {
+        Selection {
+            boot: true,
+            minimal: true,
+            timeline: TimelineParts {
+                reclaim: true,
+                inflate: true,
+                burst: true,
+            },
+            density: true,
+        }
+    }
+
+    pub fn scenarios(&self) -> Vec<Scenario> {
+        let t = self.timeline;
+        Scenario::ALL
+            .into_iter()
+            .filter(|s| match s {
+                Scenario::Boot => self.boot,
+                Scenario::Minimal => self.minimal,
+                Scenario::Timeline => t.reclaim || t.inflate || t.burst,
+                Scenario::Density => self.density,
+            })
+            .collect()
+    }
+}
+
+impl FromStr for Selection {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Selection, String> {
+        let mut sel = Selection {
+            boot: false,
+            minimal: false,
+            timeline: TimelineParts {
+                reclaim: false,
+                inflate: false,
+                burst: false,
+            },
+            density: false,
+        };
+        for word in s.split(',').map(str::trim) {
+            match word {
+                "boot" => sel.boot = true,
+                "minimal" => sel.minimal = true,
+                "reclaim" => sel.timeline.reclaim = true,
+                "inflate" => sel.timeline.inflate = true,
+                "burst" => sel.timeline.burst = true,
+                "timeline" => sel.timeline = Selection::everything().timeline,
+                "density" => sel.density = true,
+                _ => return Err(format!("unknown part {word:?}; the parts are {PART_WORDS}")),
+            }
+        }
+        Ok(sel)
+    }
+}
+
+/// The guest files and options every scenario shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFiles {
+    pub kernel: PathBuf,
+    pub minimal_kernel: Option<PathBuf>,
+    pub initrd: PathBuf,
+    /// Appended to every guest's kernel command line.
+    pub cmdline: String,
+}
+
+/// Memory the timeline and density guests fill and then free, in MiB.
+pub const FILL_MIB: u64 = 300;
+
+/// Guests started at once by the density scenario.
+pub const DENSITY_GUESTS: usize = 4;
+
+/// The machine a scenario boots (each guest of it, for density).
+pub fn machine(scenario: Scenario, files: &GuestFiles) -> Machine {
+    // As users run the balloon: free page reporting and statistics, nothing else.
+    let as_users_run_it = BalloonFeatures {
+        reporting: true,
+        stats: true,
+        deflate_on_oom: false,
+    };
+    let stock = |mem_mib, cpus, balloon| Machine {
+        mem_mib,
+        cpus,
+        kernel: files.kernel.clone(),
+        initrd: files.initrd.clone(),
+        balloon,
+        cmdline: files.cmdline.clone(),
+    };
+    match scenario {
+        Scenario::Boot => stock(1024, 2, as_users_run_it),
+        Scenario::Minimal => Machine {
+            kernel: files
+                .minimal_kernel
+                .clone()
+                .unwrap_or_else(|| files.kernel.clone()),
+            ..stock(1024, 2, as_users_run_it)
+        },
+        // 2 GiB, so that a balloon of 1 GiB leaves the guest room to run.
+        Scenario::Timeline => stock(
+            2048,
+            2,
+            BalloonFeatures {
+                deflate_on_oom: true,
+                ..as_users_run_it
+            },
+        ),
+        Scenario::Density => stock(1024, 1, as_users_run_it),
+    }
+}
+
+/// One scenario run with one VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Counted from 1.
+    pub number: usize,
+    pub repetition: usize,
+    pub scenario: Scenario,
+    pub vmm: VmmUnderTest,
+}
+
+/// Every step of a run, in the order they run.
+pub fn steps(selection: &Selection, vmms: &[VmmUnderTest], runs: usize) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for repetition in 0..runs {
+        for scenario in selection.scenarios() {
+            let mut order = vmms.to_vec();
+            let turn = repetition % order.len().max(1);
+            order.rotate_left(turn);
+            for vmm in order {
+                steps.push(Step {
+                    number: steps.len() + 1,
+                    repetition: repetition + 1,
+                    scenario,
+                    vmm,
+                });
+            }
+        }
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn parts_select_scenarios() {
+        let sel: Selection = "inflate".parse().unwrap();
+        assert_eq!(sel.scenarios(), [Scenario::Timeline]);
+        assert!(sel.timeline.inflate && !sel.timeline.reclaim && !sel.timeline.burst);
+        let sel: Selection = "density, boot".parse().unwrap();
+        assert_eq!(sel.scenarios(), [Scenario::Boot, Scenario::Density]);
+        let sel: Selection = "boot,minimal,timeline,density".parse().unwrap();
+        assert_eq!(sel, Selection::everything());
+        let err = "inflate,speed".parse::<Selection>().unwrap_err();
+        assert!(err.contains("\"speed\""), "{err}");
+        assert!("".parse::<Selection>().is_err());
+    }
+
+    #[test]
+    fn vmms_take_turns_going_first() {
+        let vmm = VmmUnderTest::vmm("vmm", Path::new("/vmm"));
+        let qemu = VmmUnderTest::qemu(Path::new("/qemu"));
+        let sel: Selection = "boot,inflate".parse().unwrap();
+        let steps = steps(&sel, &[vmm, qemu], 2);
+        let order: Vec<(usize, &str, &str)> = steps
+            .iter()
+            .map(|s| (s.repetition, s.scenario.name(), s.vmm.name.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (1, "boot", "vmm"),
+                (1, "boot", "qemu"),
+                (1, "timeline", "vmm"),
+                (1, "timeline", "qemu"),
+                (2, "boot", "qemu"),
+                (2, "boot", "vmm"),
+                (2, "timeline", "qemu"),
+                (2, "timeline", "vmm"),
+            ]
+        );
+        assert!(steps.iter().enumerate().all(|(i, s)| s.number == i + 1));
+    }
+
+    #[test]
+    fn machines_differ_only_where_the_scenario_says() {
+        let files = GuestFiles {
+            kernel: "/k".into(),
+            minimal_kernel: Some("/m".into()),
+            initrd: "/i".into(),
+            cmdline: "quiet".into(),
+        };
+        let boot = machine(Scenario::Boot, &files);
+        let minimal = machine(Scenario::Minimal, &files);
+        assert_eq!(minimal.kernel, PathBuf::from("/m"));
+        assert_eq!(
+            Machine {
+                kernel: "/k".into(),
+                ..minimal
+            },
+            boot
+        );
+        assert!(machine(Scenario::Timeline, &files).balloon.deflate_on_oom);
+        assert!(!boot.balloon.deflate_on_oom);
+        assert_eq!(machine(Scenario::Density, &files).cpus, 1);
+    }
+}
