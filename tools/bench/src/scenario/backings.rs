@@ -12,6 +12,7 @@
 //! back afterwards.
 
 use std::fs;
+use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
@@ -20,7 +21,6 @@ use crate::figures::key;
 use crate::launch::{MemBacking, VmmUnderTest};
 use crate::plan::{self, GuestFiles, Scenario, FILL_MIB};
 use crate::procfs;
-use std::path::Path;
 
 /// Memory the guest writes once, timed, in MiB.
 const TOUCH_MIB: u64 = 512;
