@@ -7,7 +7,9 @@
 #
 #   --runs N          repetitions of each scenario per VMM (default 5)
 #   --only PARTS      a comma-separated list of: boot, minimal, reclaim, inflate, burst,
-#                     timeline (= reclaim,inflate,burst), density. Default: everything.
+#                     timeline (= reclaim,inflate,burst), density, backings. Default:
+#                     everything but backings (vmm on --mem-backing anon, thp and hugetlb,
+#                     vmm only: QEMU is left out when it is the only part).
 #   --baseline X      also run another vmm build, to measure a change against it: a git
 #                     revision (built from `git archive`, e.g. `main`) or a vmm binary
 #                     (static when nested). Reported as `baseline`, with vmm/baseline ratios.
@@ -53,6 +55,8 @@ while (($#)); do
     shift
 done
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "--runs takes a positive number, not '$runs'"
+# The backings part runs vmm alone: no QEMU to bundle when nothing else is asked for.
+[[ $only == backings ]] && qemu=0
 
 # The static vmm-bench of this checkout, built once per run.
 build_tool() {
@@ -285,6 +289,11 @@ main() {
     load_sampler=$!
     log "$total steps, $mode"
     if [[ $mode == nested ]]; then
+        # The hugetlb guest of the backings part (1 GiB) takes its huge pages from a pool
+        # L1 reserves at boot, before its memory fragments.
+        if [[ ,$only, == *,backings,* ]]; then
+            export VMM_L1_HUGEPAGES=${VMM_L1_HUGEPAGES:-576}
+        fi
         need_cmds ldd
         local payload=$run/payload
         mkdir -p "$payload"

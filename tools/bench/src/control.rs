@@ -118,6 +118,24 @@ impl Control {
         }
     }
 
+    /// vmm's count of huge pages the balloon holds part of (`partial_huge_pages` of
+    /// `GET /balloon`); QEMU has no such figure.
+    pub fn partial_huge_pages(&mut self) -> Result<u64, ControlError> {
+        match self {
+            Control::Vmm(http) => {
+                let r = http.request("GET", "/balloon", None)?;
+                expect_status("GET /balloon", r.status, 200, &r.body)?;
+                let answer = parse_json("GET /balloon", &r.body)?;
+                u64_field("GET /balloon", &answer, "partial_huge_pages")
+            }
+            Control::Qemu { .. } => Err(ControlError::Field {
+                request: "query-balloon".into(),
+                field: "partial_huge_pages".into(),
+                answer: "(QEMU does not count them)".into(),
+            }),
+        }
+    }
+
     /// vmm's `GET /metrics` text, where the vmm has that route; `None` for QEMU and for a
     /// vmm without it.
     pub fn metrics(&mut self) -> Option<String> {

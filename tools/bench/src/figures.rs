@@ -38,6 +38,10 @@ pub mod key {
     pub const TOTAL_RSS_FREED_MIB: &str = "total_rss_freed_mib";
     pub const DENSITY_RETURNED_PCT: &str = "density_returned_pct";
     pub const OWN_PER_GUEST_MIB: &str = "own_per_guest_mib";
+    pub const HOST_READY_MIB: &str = "host_ready_mib";
+    pub const TOUCH_MIB_PER_S: &str = "touch_mib_per_s";
+    pub const INFLATE_256_RETURNED_PCT: &str = "inflate_256_returned_pct";
+    pub const PARTIAL_HUGE_PAGES: &str = "partial_huge_pages";
     // Not rows of the table: what the plot of freed memory starts from.
     pub const FREED_AT_S: &str = "freed_at_s";
     pub const FILLED_RSS_MIB: &str = "filled_rss_mib";
@@ -51,6 +55,7 @@ pub enum Unit {
     Ratio,
     Ms,
     Count,
+    MibPerS,
 }
 
 impl Unit {
@@ -62,12 +67,14 @@ impl Unit {
             Unit::Ratio => "×",
             Unit::Ms => " ms",
             Unit::Count => "",
+            Unit::MibPerS => " MiB/s",
         }
     }
 
     pub fn decimals(self) -> usize {
         match self {
             Unit::Seconds | Unit::Mib | Unit::Ms => 1,
+            Unit::MibPerS => 0,
             Unit::Ratio => 2,
             Unit::Percent | Unit::Count => 0,
         }
@@ -304,6 +311,59 @@ pub const FIGURES: &[Figure] = &[
         key::OWN_PER_GUEST_MIB,
         "4 guests: own overhead per VMM process (1 GiB, 1 vCPU)",
         Unit::Mib,
+    ),
+];
+
+/// The rows of the backings table: each measured by every backing's scenario (its columns),
+/// with the key and unit of [`Figure`] (whose scenario is left at `BackingAnon`).
+pub const BACKING_FIGURES: &[Figure] = &[
+    figure(
+        Scenario::BackingAnon,
+        key::EXEC_TO_READY_S,
+        "exec → guest ready (stock kernel, 1 GiB)",
+        Unit::Seconds,
+    ),
+    figure(
+        Scenario::BackingAnon,
+        key::HOST_READY_MIB,
+        "host memory at guest ready",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::BackingAnon,
+        key::TOUCH_MIB_PER_S,
+        "guest writes 512 MiB it never touched (dd, guest clock)",
+        Unit::MibPerS,
+    ),
+    figure(
+        Scenario::BackingAnon,
+        key::FILL_RISE_MIB,
+        "300 MiB filled in the guest: host memory rise",
+        Unit::Mib,
+    ),
+    figure(
+        Scenario::BackingAnon,
+        key::RETURNED_5S_PCT,
+        "… freed: back on the host after 5 s (page reporting)",
+        Unit::Percent,
+    ),
+    figure(
+        Scenario::BackingAnon,
+        key::INFLATE_256_S,
+        "inflate 256 MiB: API call → actual reached",
+        Unit::Seconds,
+    ),
+    figure(
+        Scenario::BackingAnon,
+        key::INFLATE_256_RETURNED_PCT,
+        "inflate 256 MiB: host memory returned, of 256 MiB",
+        Unit::Percent,
+    ),
+    figure(
+        Scenario::BackingAnon,
+        key::PARTIAL_HUGE_PAGES,
+        "inflate 256 MiB: `partial_huge_pages` (GET /balloon)",
+        Unit::Count,
     ),
 ];
 

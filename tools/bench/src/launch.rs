@@ -76,6 +76,25 @@ pub struct BalloonFeatures {
     pub deflate_on_oom: bool,
 }
 
+/// What backs guest RAM in vmm (`--mem-backing`, docs/balloon.md, "Huge pages").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemBacking {
+    Anon,
+    Thp,
+    Hugetlb,
+}
+
+impl MemBacking {
+    pub fn name(self) -> &'static str {
+        match self {
+            MemBacking::Anon => "anon",
+            MemBacking::Thp => "thp",
+            MemBacking::Hugetlb => "hugetlb",
+        }
+    }
+}
+
 /// What to boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Machine {
@@ -84,6 +103,8 @@ pub struct Machine {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub balloon: BalloonFeatures,
+    /// vmm's `--mem-backing`; `None` leaves vmm's default. Only vmm takes it.
+    pub mem_backing: Option<MemBacking>,
     /// Appended to [`BASE_CMDLINE`].
     pub cmdline: String,
 }
@@ -125,6 +146,9 @@ pub fn command_line(vmm: &VmmUnderTest, machine: &Machine, sock: &Path) -> Vec<S
                 s("--api-sock"),
                 sock.display().to_string(),
             ]);
+            if let Some(backing) = machine.mem_backing {
+                args.extend([s("--mem-backing"), s(backing.name())]);
+            }
             if !machine.cmdline.is_empty() {
                 args.extend([s("--cmdline"), machine.cmdline.clone()]);
             }
@@ -207,6 +231,7 @@ mod tests {
                 stats: true,
                 deflate_on_oom: false,
             },
+            mem_backing: None,
             cmdline: "clearcpuid=xsave quiet".into(),
         }
     }
@@ -219,6 +244,15 @@ mod tests {
             line,
             "/p/vmm --kernel /k/vmlinuz --initrd /k/initramfs.cpio.gz --mem 1024M --cpus 2 \
              --balloon page-reporting,stats --api-sock /tmp/a.sock --cmdline 'clearcpuid=xsave quiet'"
+        );
+        let hugetlb = Machine {
+            mem_backing: Some(MemBacking::Hugetlb),
+            ..machine()
+        };
+        let line = shell_line(&command_line(&vmm, &hugetlb, Path::new("/tmp/a.sock")));
+        assert!(
+            line.contains("--api-sock /tmp/a.sock --mem-backing hugetlb --cmdline"),
+            "{line}"
         );
     }
 

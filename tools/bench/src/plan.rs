@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::launch::{BalloonFeatures, Machine, VmmUnderTest};
+use crate::launch::{BalloonFeatures, Kind, Machine, MemBacking, VmmUnderTest};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -22,14 +22,32 @@ pub enum Scenario {
     Timeline,
     /// Four guests at once, each filling and freeing memory.
     Density,
+    /// vmm only: the boot's guest on one backing of guest RAM, writing memory, filling and
+    /// freeing it, inflating the balloon (`--only backings`; not in the default run).
+    #[serde(rename = "backing-anon")]
+    BackingAnon,
+    #[serde(rename = "backing-thp")]
+    BackingThp,
+    #[serde(rename = "backing-hugetlb")]
+    BackingHugetlb,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Boot,
         Scenario::Minimal,
         Scenario::Timeline,
         Scenario::Density,
+        Scenario::BackingAnon,
+        Scenario::BackingThp,
+        Scenario::BackingHugetlb,
+    ];
+
+    /// The backings part's scenarios, `anon` (the reference) first.
+    pub const BACKINGS: [Scenario; 3] = [
+        Scenario::BackingAnon,
+        Scenario::BackingThp,
+        Scenario::BackingHugetlb,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,6 +56,19 @@ impl Scenario {
             Scenario::Minimal => "minimal",
             Scenario::Timeline => "timeline",
             Scenario::Density => "density",
+            Scenario::BackingAnon => "backing-anon",
+            Scenario::BackingThp => "backing-thp",
+            Scenario::BackingHugetlb => "backing-hugetlb",
+        }
+    }
+
+    /// The backing of guest RAM the scenario is about, if it is one of the backings part.
+    pub fn backing(self) -> Option<MemBacking> {
+        match self {
+            Scenario::BackingAnon => Some(MemBacking::Anon),
+            Scenario::BackingThp => Some(MemBacking::Thp),
+            Scenario::BackingHugetlb => Some(MemBacking::Hugetlb),
+            _ => None,
         }
     }
 }
@@ -55,7 +86,8 @@ pub struct TimelineParts {
 
 /// What `--only` selects: a comma-separated list of these words.
 pub const PART_WORDS: &str =
-    "boot, minimal, reclaim, inflate, burst, timeline (= reclaim,inflate,burst), density";
+    "boot, minimal, reclaim, inflate, burst, timeline (= reclaim,inflate,burst), \
+     density, backings (vmm only, not in the default run)";
 
 /// The scenarios (and timeline parts) a run does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,9 +96,13 @@ pub struct Selection {
     pub minimal: bool,
     pub timeline: TimelineParts,
     pub density: bool,
+    /// vmm on each of `anon`, `thp` and `hugetlb`.
+    pub backings: bool,
 }
 
 impl Selection {
+    /// The default run: every part but `backings`, which compares vmm with itself and
+    /// needs huge pages reserved on the KVM host.
     pub fn everything() -> Selection {
         Selection {
             boot: true,
@@ -77,6 +113,7 @@ impl Selection {
                 burst: true,
             },
             density: true,
+            backings: false,
         }
     }
 
@@ -89,6 +126,9 @@ impl Selection {
                 Scenario::Minimal => self.minimal,
                 Scenario::Timeline => t.reclaim || t.inflate || t.burst,
                 Scenario::Density => self.density,
+                Scenario::BackingAnon | Scenario::BackingThp | Scenario::BackingHugetlb => {
+                    self.backings
+                }
             })
             .collect()
     }
@@ -107,6 +147,7 @@ impl FromStr for Selection {
                 burst: false,
             },
             density: false,
+            backings: false,
         };
         for word in s.split(',').map(str::trim) {
             match word {
@@ -117,6 +158,7 @@ impl FromStr for Selection {
                 "burst" => sel.timeline.burst = true,
                 "timeline" => sel.timeline = Selection::everything().timeline,
                 "density" => sel.density = true,
+                "backings" => sel.backings = true,
                 _ => return Err(format!("unknown part {word:?}; the parts are {PART_WORDS}")),
             }
         }
@@ -154,6 +196,7 @@ pub fn machine(scenario: Scenario, files: &GuestFiles) -> Machine {
         kernel: files.kernel.clone(),
         initrd: files.initrd.clone(),
         balloon,
+        mem_backing: None,
         cmdline: files.cmdline.clone(),
     };
     match scenario {
@@ -175,6 +218,10 @@ pub fn machine(scenario: Scenario, files: &GuestFiles) -> Machine {
             },
         ),
         Scenario::Density => stock(1024, 1, as_users_run_it),
+        Scenario::BackingAnon | Scenario::BackingThp | Scenario::BackingHugetlb => Machine {
+            mem_backing: scenario.backing(),
+            ..stock(1024, 2, as_users_run_it)
+        },
     }
 }
 
@@ -188,7 +235,8 @@ pub struct Step {
     pub vmm: VmmUnderTest,
 }
 
-/// Every step of a run, in the order they run.
+/// Every step of a run, in the order they run. The backings part runs only vmm builds:
+/// QEMU has no such flag to compare.
 pub fn steps(selection: &Selection, vmms: &[VmmUnderTest], runs: usize) -> Vec<Step> {
     let mut steps = Vec::new();
     for repetition in 0..runs {
@@ -197,6 +245,9 @@ pub fn steps(selection: &Selection, vmms: &[VmmUnderTest], runs: usize) -> Vec<S
             let turn = repetition % order.len().max(1);
             order.rotate_left(turn);
             for vmm in order {
+                if scenario.backing().is_some() && vmm.kind != Kind::Vmm {
+                    continue;
+                }
                 steps.push(Step {
                     number: steps.len() + 1,
                     repetition: repetition + 1,
@@ -226,6 +277,9 @@ mod tests {
         let err = "inflate,speed".parse::<Selection>().unwrap_err();
         assert!(err.contains("\"speed\""), "{err}");
         assert!("".parse::<Selection>().is_err());
+        let sel: Selection = "backings".parse().unwrap();
+        assert_eq!(sel.scenarios(), Scenario::BACKINGS);
+        assert!(!Selection::everything().backings);
     }
 
     #[test]
@@ -255,6 +309,30 @@ mod tests {
     }
 
     #[test]
+    fn backings_run_vmm_builds_only() {
+        let vmm = VmmUnderTest::vmm("vmm", Path::new("/vmm"));
+        let qemu = VmmUnderTest::qemu(Path::new("/qemu"));
+        let sel: Selection = "backings".parse().unwrap();
+        let steps = steps(&sel, &[qemu, vmm], 2);
+        let order: Vec<(usize, &str, &str)> = steps
+            .iter()
+            .map(|s| (s.repetition, s.scenario.name(), s.vmm.name.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (1, "backing-anon", "vmm"),
+                (1, "backing-thp", "vmm"),
+                (1, "backing-hugetlb", "vmm"),
+                (2, "backing-anon", "vmm"),
+                (2, "backing-thp", "vmm"),
+                (2, "backing-hugetlb", "vmm"),
+            ]
+        );
+        assert!(steps.iter().enumerate().all(|(i, s)| s.number == i + 1));
+    }
+
+    #[test]
     fn machines_differ_only_where_the_scenario_says() {
         let files = GuestFiles {
             kernel: "/k".into(),
@@ -275,5 +353,15 @@ mod tests {
         assert!(machine(Scenario::Timeline, &files).balloon.deflate_on_oom);
         assert!(!boot.balloon.deflate_on_oom);
         assert_eq!(machine(Scenario::Density, &files).cpus, 1);
+        assert_eq!(boot.mem_backing, None);
+        let hugetlb = machine(Scenario::BackingHugetlb, &files);
+        assert_eq!(hugetlb.mem_backing, Some(MemBacking::Hugetlb));
+        assert_eq!(
+            Machine {
+                mem_backing: None,
+                ..hugetlb
+            },
+            boot
+        );
     }
 }

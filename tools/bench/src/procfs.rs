@@ -130,6 +130,33 @@ pub fn read_vm_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|s| parse_vm_rss_kib(&s))
 }
 
+/// The host's hugetlb pool from the text of /proc/meminfo: (pages in use, free pages,
+/// page size in KiB). Pages in use are `HugePages_Total - HugePages_Free`: those some
+/// process faulted in. A reserved page that nobody touched yet is still free.
+pub fn parse_hugetlb_pool(meminfo: &str) -> Option<(u64, u64, u64)> {
+    let field = |name: &str| -> Option<u64> {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    let (total, free) = (field("HugePages_Total:")?, field("HugePages_Free:")?);
+    Some((total.checked_sub(free)?, free, field("Hugepagesize:")?))
+}
+
+/// The host memory in the hugetlb pool's pages in use, in KiB (0 when the host has none).
+/// VmRSS leaves hugetlb pages out, so a hugetlb guest's memory is measured here.
+pub fn read_hugetlb_in_use_kib() -> io::Result<u64> {
+    let text = fs::read_to_string("/proc/meminfo")?;
+    parse_hugetlb_pool(&text)
+        .map(|(used, _, page_kib)| used.saturating_mul(page_kib))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no hugetlb pool fields"))
+}
+
 /// user + system ticks from the text of /proc/PID/task/TID/stat. The command name may hold
 /// spaces and parentheses, so the fields are counted from the last `)`.
 pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
@@ -217,6 +244,22 @@ mod tests {
     use super::*;
 
     const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn hugetlb_pool_in_use_is_total_less_free() {
+        let meminfo = "MemTotal: 8000000 kB\nHugePages_Total:     576\nHugePages_Free:      64\n\
+                       HugePages_Rsvd:      60\nHugepagesize:       2048 kB\n";
+        assert_eq!(parse_hugetlb_pool(meminfo), Some((512, 64, 2048)));
+        for bad in [
+            "",
+            "HugePages_Total: 1\nHugepagesize: 2048 kB\n",
+            "HugePages_Total: 1\nHugePages_Free: 2\nHugepagesize: 2048 kB\n",
+            "HugePages_Total: x\nHugePages_Free: 0\nHugepagesize: 2048 kB\n",
+            "HugePages_Total: 1\nHugePages_Free: 0\n",
+        ] {
+            assert_eq!(parse_hugetlb_pool(bad), None, "{bad:?}");
+        }
+    }
 
     fn smaps_entry(start: u64, size: u64, perms: &str, path: &str, rss_kib: u64) -> String {
         format!(

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::figures::{key, Figure, Unit, FIGURES, OWN_OVERHEAD};
+use crate::figures::{key, Figure, Unit, BACKING_FIGURES, FIGURES, OWN_OVERHEAD};
 use crate::plan::Scenario;
 use crate::results::{read_steps, StepRecord};
 use stats::{summarize, Summary};
@@ -106,8 +106,16 @@ pub fn render(data: &RunData, plots_dir: &Path, plots_link: &str) -> io::Result<
     let plots = plot::draw_all(data, plots_dir).map_err(io::Error::other)?;
     let mut md = String::new();
     run_section(data, &mut md);
-    goals_section(data, &mut md);
-    figures_section(data, &mut md);
+    // The backings part alone compares vmm with itself: no goals, no VMM columns.
+    if data
+        .steps
+        .iter()
+        .any(|(r, _)| r.scenario.backing().is_none())
+    {
+        goals_section(data, &mut md);
+        figures_section(data, &mut md);
+    }
+    backings_section(data, &mut md);
     if !plots.is_empty() {
         md.push_str("\n### Plots\n\n");
         for (file, caption) in &plots {
@@ -280,6 +288,63 @@ fn figures_section(data: &RunData, md: &mut String) {
         let vmm = data.summary(f.scenario, f.key, "vmm");
         for o in &others {
             let cell = ratio(vmm, data.summary(f.scenario, f.key, o))
+                .filter(|_| ratio_means_something(f))
+                .map_or("—".to_string(), |r| format!("{r:.2}"));
+            let _ = write!(md, " {cell} |");
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+}
+
+/// vmm on each backing of guest RAM, `anon` the reference: medians and ratios.
+fn backings_section(data: &RunData, md: &mut String) {
+    let backings: Vec<(Scenario, &str)> = Scenario::BACKINGS
+        .iter()
+        .filter_map(|s| Some((*s, s.backing()?.name())))
+        .collect();
+    if !data
+        .steps
+        .iter()
+        .any(|(r, _)| r.vmm == "vmm" && r.scenario.backing().is_some())
+    {
+        return;
+    }
+    let runs = data.info.get("runs").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let (reference, others) = (backings[0], &backings[1..]);
+    md.push_str(
+        "### Huge-page backings
+
+vmm on each `--mem-backing` (1 GiB, 2 vCPUs, \
+         `--balloon page-reporting,stats`). Host memory is the vmm's VmRSS plus the host's \
+         hugetlb pages in use. Median of the runs, with the smallest and largest in brackets.\n\n| figure | unit |",
+    );
+    for (_, name) in &backings {
+        let _ = write!(md, " {name} |");
+    }
+    for (_, name) in others {
+        let _ = write!(md, " {name}/{} |", reference.1);
+    }
+    md.push_str("\n| --- | --- |");
+    for _ in 0..backings.len() + others.len() {
+        md.push_str(" ---: |");
+    }
+    md.push('\n');
+    for f in BACKING_FIGURES {
+        let row: Vec<Option<Summary>> = backings
+            .iter()
+            .map(|(s, _)| data.summary(*s, f.key, "vmm"))
+            .collect();
+        if row.iter().all(Option::is_none) {
+            continue;
+        }
+        let _ = write!(md, "| {} | {} |", f.label, f.unit.suffix().trim());
+        for s in &row {
+            let cell = s.map_or("—".to_string(), |s| fmt_summary(&s, f.unit, runs));
+            let _ = write!(md, " {cell} |");
+        }
+        for other in &row[1..] {
+            let cell = ratio(*other, row[0])
                 .filter(|_| ratio_means_something(f))
                 .map_or("—".to_string(), |r| format!("{r:.2}"));
             let _ = write!(md, " {cell} |");
@@ -674,6 +739,57 @@ mod tests {
             !md.contains("minimal kernel"),
             "rows without values are left out:\n{md}"
         );
+    }
+
+    #[test]
+    fn the_backings_table_sets_each_backing_against_anon() {
+        let steps = vec![
+            record(
+                1,
+                Scenario::BackingAnon,
+                "vmm",
+                &[
+                    (key::TOUCH_MIB_PER_S, 100.0),
+                    (key::PARTIAL_HUGE_PAGES, 0.0),
+                ],
+            ),
+            record(
+                2,
+                Scenario::BackingThp,
+                "vmm",
+                &[
+                    (key::TOUCH_MIB_PER_S, 150.0),
+                    (key::PARTIAL_HUGE_PAGES, 3.0),
+                ],
+            ),
+            record(
+                3,
+                Scenario::BackingHugetlb,
+                "vmm",
+                &[
+                    (key::TOUCH_MIB_PER_S, 200.0),
+                    (key::PARTIAL_HUGE_PAGES, 5.0),
+                ],
+            ),
+        ];
+        let mut md = String::new();
+        backings_section(&data(steps), &mut md);
+        assert!(
+            md.contains("| anon | thp | hugetlb | thp/anon | hugetlb/anon |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| MiB/s | 100 n=1 | 150 n=1 | 200 n=1 | 1.50 | 2.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("(GET /balloon) |  | 0 n=1 | 3 n=1 | 5 n=1 | — | — |"),
+            "counts get no ratio:\n{md}"
+        );
+        assert!(!md.contains("exec → guest ready"), "{md}");
+        let mut md = String::new();
+        backings_section(&data(vec![record(1, Scenario::Boot, "vmm", &[])]), &mut md);
+        assert_eq!(md, "", "no table without the backings part");
     }
 
     #[test]

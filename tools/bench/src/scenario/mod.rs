@@ -1,6 +1,7 @@
 //! The scenarios, and what they share: starting a VMM with its guest, talking to the guest
 //! and to the VMM, timing phases, resizing the balloon.
 
+mod backings;
 mod boot;
 mod density;
 mod timeline;
@@ -84,6 +85,9 @@ pub fn run_step(step: &Step, files: &GuestFiles, parts: TimelineParts, dir: &Pat
         Scenario::Minimal => boot::run(&step.vmm, files, dir, &mut outcome, false),
         Scenario::Timeline => timeline::run(&step.vmm, files, parts, dir, &mut outcome),
         Scenario::Density => density::run(&step.vmm, files, dir, &mut outcome),
+        Scenario::BackingAnon | Scenario::BackingThp | Scenario::BackingHugetlb => {
+            backings::run(&step.vmm, files, step.scenario, dir, &mut outcome)
+        }
     };
     let csv = sampler::to_csv(&outcome.samples);
     let mut error = result.err().map(|e| e.0);
