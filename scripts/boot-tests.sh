@@ -173,6 +173,9 @@ run_nested() {
     # is not the environment's known fault: nothing more is run.
     local runs=${VMM_L1_RUNS:-3} run=1 status left per_run word sentence current
     local deadline=$((SECONDS + ${VMM_BOOT_TESTS_BUDGET:-4200}))
+    # The heartbeat comes every 20 s: five minutes of silence is a frozen L1, not a slow one
+    # (seen in CI: a soft lockup on one L1 CPU and a timer that stopped on the other).
+    export VMM_L1_STALL_TIMEOUT=${VMM_L1_STALL_TIMEOUT:-300}
     local outcome=$CACHE_DIR/nested/l1-outcome consoles=()
     : >"$payload/passed"
     : >"$payload/failed"
