@@ -87,6 +87,13 @@ pub struct LoadedKernel {
 /// wrong gets its own sentence (the loader's errors are too terse for a user). Cheap
 /// enough to run before anything else is set up.
 pub fn check_kernel(path: &Path) -> Result<File, BootError> {
+    open_kernel(path).map(|(file, _)| file)
+}
+
+/// [`check_kernel`], also returning the setup header it read.
+fn open_kernel(
+    path: &Path,
+) -> Result<(File, linux_loader::loader::bootparam::setup_header), BootError> {
     let display = path.display().to_string();
     let mut file = File::open(path).map_err(|source| BootError::KernelOpen {
         path: display.clone(),
@@ -114,23 +121,43 @@ pub fn check_kernel(path: &Path) -> Result<File, BootError> {
             path: display,
             source,
         })?;
-    Ok(file)
+    Ok((file, header))
 }
 
-/// Loads the bzImage at `path` to [`layout::HIMEM_START`].
+/// Where the protected-mode kernel goes: a relocatable kernel at its preferred address
+/// (16 MiB for x86_64's default `CONFIG_PHYSICAL_START`), any other at
+/// [`layout::HIMEM_START`] (1 MiB), where the boot protocol puts it.
+///
+/// Either way the kernel decompresses itself at its preferred address. Loaded at 1 MiB,
+/// the compressed image it leaves behind (about 13 MiB of Debian's kernel) is memory the
+/// guest then frees below 16 MiB, in its DMA zone, where free page reporting never looks:
+/// the host keeps it resident for the guest's whole life (docs/performance.md, "Where an
+/// idle guest's slack is"). Loaded at its preferred address, the image sits inside the
+/// region the kernel decompresses into, and the memory below 16 MiB is never written.
+fn kernel_load_address(header: &linux_loader::loader::bootparam::setup_header) -> GuestAddress {
+    let pref = header.pref_address;
+    let align = u64::from(header.kernel_alignment);
+    let usable = header.relocatable_kernel != 0
+        && pref > layout::HIMEM_START.raw_value()
+        && pref < u64::from(u32::MAX)
+        && (align == 0 || pref % align == 0);
+    if usable {
+        GuestAddress(pref)
+    } else {
+        layout::HIMEM_START
+    }
+}
+
+/// Loads the bzImage at `path` at [`kernel_load_address`].
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
     let display = path.display().to_string();
-    let mut file = check_kernel(path)?;
-    let result = BzImage::load(
-        mem,
-        Some(layout::HIMEM_START),
-        &mut file,
-        Some(layout::HIMEM_START),
-    )
-    .map_err(|e| BootError::KernelLoad {
-        path: display.clone(),
-        reason: e.to_string(),
-    })?;
+    let (mut file, header) = open_kernel(path)?;
+    let load_addr = kernel_load_address(&header);
+    let result = BzImage::load(mem, Some(load_addr), &mut file, Some(layout::HIMEM_START))
+        .map_err(|e| BootError::KernelLoad {
+            path: display.clone(),
+            reason: e.to_string(),
+        })?;
     let setup_header = result
         .setup_header
         .ok_or(BootError::NotBzImage { path: display })?;
@@ -366,7 +393,7 @@ mod tests {
     }
 
     #[test]
-    fn loads_a_64bit_bzimage_at_1mib() {
+    fn loads_a_64bit_bzimage_that_is_not_relocatable_at_1mib() {
         let mem =
             create_guest_memory(&layout::ram_regions(64 * MIB), MemoryBacking::Anonymous).unwrap();
         let image = fake_bzimage(XLF_KERNEL_64, 0x020f);
@@ -376,6 +403,50 @@ mod tests {
         assert_eq!(kernel.decompress_end, 0x10_0000 + 8 * MIB);
         let byte: u8 = mem.read_obj(layout::HIMEM_START).unwrap();
         assert_eq!(byte, 0xcc);
+    }
+
+    /// A relocatable image with a preferred address (`pref_address`) and alignment.
+    fn fake_relocatable_bzimage(pref_address: u64, alignment: u32) -> tempfile_like::TempFile {
+        let image = fake_bzimage(XLF_KERNEL_64, 0x020f);
+        let mut bytes = std::fs::read(&image.0).unwrap();
+        bytes[0x230..0x234].copy_from_slice(&alignment.to_le_bytes()); // kernel_alignment
+        bytes[0x234] = 1; // relocatable_kernel
+        bytes[0x258..0x260].copy_from_slice(&pref_address.to_le_bytes());
+        tempfile_like::TempFile::with_contents(&bytes)
+    }
+
+    #[test]
+    fn loads_a_relocatable_bzimage_at_its_preferred_address_and_leaves_low_memory_alone() {
+        let mem =
+            create_guest_memory(&layout::ram_regions(64 * MIB), MemoryBacking::Anonymous).unwrap();
+        let image = fake_relocatable_bzimage(16 * MIB, 2 * MIB as u32);
+        let kernel = load_kernel(&mem, &image.0).unwrap();
+        assert_eq!(kernel.load_addr, GuestAddress(16 * MIB));
+        assert_eq!(kernel.entry, GuestAddress(16 * MIB + 0x200));
+        assert_eq!(kernel.decompress_end, 16 * MIB + 8 * MIB);
+        let loaded: u8 = mem.read_obj(GuestAddress(16 * MIB)).unwrap();
+        assert_eq!(loaded, 0xcc);
+        let low: u8 = mem.read_obj(layout::HIMEM_START).unwrap();
+        assert_eq!(low, 0, "nothing written at 1 MiB");
+        // The zero page tells the kernel where it is.
+        let params = build_boot_params(&mem, &kernel, 0, None, None);
+        let code32_start = params.hdr.code32_start;
+        assert_eq!(u64::from(code32_start), 16 * MIB);
+    }
+
+    #[test]
+    fn a_relocatable_bzimage_with_an_unusable_preferred_address_goes_to_1mib() {
+        let mem =
+            create_guest_memory(&layout::ram_regions(64 * MIB), MemoryBacking::Anonymous).unwrap();
+        for (pref, align) in [(16 * MIB + 4096, 2 * MIB as u32), (0, 2 * MIB as u32)] {
+            let image = fake_relocatable_bzimage(pref, align);
+            let kernel = load_kernel(&mem, &image.0).unwrap();
+            assert_eq!(
+                kernel.load_addr,
+                layout::HIMEM_START,
+                "pref_address {pref:#x}"
+            );
+        }
     }
 
     #[test]
