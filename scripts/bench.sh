@@ -7,9 +7,11 @@
 #
 #   --runs N          repetitions of each scenario per VMM (default 5)
 #   --only PARTS      a comma-separated list of: boot, minimal, reclaim, inflate, burst,
-#                     timeline (= reclaim,inflate,burst), density, backings. Default:
-#                     everything but backings (vmm on --mem-backing anon, thp and hugetlb,
-#                     vmm only: QEMU is left out when it is the only part).
+#                     timeline (= reclaim,inflate,burst), density, backings, slack.
+#                     Default: everything but backings (vmm on --mem-backing anon, thp and
+#                     hugetlb) and slack (vmm's idle guest: where its free memory is, and
+#                     ways to get it back), which run vmm only: QEMU is left out when they
+#                     are the only parts.
 #   --baseline X      also run another vmm build, to measure a change against it: a git
 #                     revision (built from `git archive`, e.g. `main`) or a vmm binary
 #                     (static when nested). Reported as `baseline`, with vmm/baseline ratios.
@@ -55,8 +57,15 @@ while (($#)); do
     shift
 done
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "--runs takes a positive number, not '$runs'"
-# The backings part runs vmm alone: no QEMU to bundle when nothing else is asked for.
-[[ $only == backings ]] && qemu=0
+# The backings and slack parts run vmm alone: no QEMU to bundle when nothing else is asked
+# for.
+if [[ -n $only ]]; then
+    vmm_only=1
+    for part in ${only//,/ }; do
+        [[ $part == backings || $part == slack ]] || vmm_only=0
+    done
+    ((vmm_only)) && qemu=0
+fi
 
 # The static vmm-bench of this checkout, built once per run.
 build_tool() {

@@ -9,6 +9,12 @@
  *   memcheck verify     ask the running filler to verify; prints its result line and
  *                       exits 0 if the memory is intact, 1 if not, 2 on a usage error.
  *   memcheck stop       end the running filler.
+ *   memcheck freemap    print, for each 2 MiB of guest-physical memory, how many of its
+ *                       4 KiB pages are free in the buddy allocator (KPF_BUDDY in
+ *                       /proc/kpageflags, which Linux sets on every page of a free block),
+ *                       as "FREEMAP pages=N blocks=B" and then B numbers, 32 a line. The
+ *                       benchmark sets them against the host's resident pages of the same
+ *                       2 MiB (scripts/bench.sh --only slack). Needs root.
  *
  * Typical use from a test's guest shell:
  *   memcheck fill 256 >/tmp/memcheck.log 2>&1 &
@@ -231,6 +237,47 @@ static int cmd_stop(void)
     return 0;
 }
 
+#define KPF_BUDDY 10
+#define PAGES_PER_BLOCK 512
+
+/* Reads /proc/kpageflags a block at a time: a whole array would take 2 MiB of a 1 GiB
+ * guest's memory, and the benchmark reads the host's resident pages right after this. */
+static int cmd_freemap(void)
+{
+    FILE *f = fopen("/proc/kpageflags", "rb");
+    if (!f) {
+        fprintf(stderr, "memcheck: cannot open /proc/kpageflags: %s\n", strerror(errno));
+        return 2;
+    }
+    static uint64_t flags[PAGES_PER_BLOCK];
+    static unsigned short free_pages[1 << 16];
+    size_t blocks = 0, pages = 0, got;
+    while ((got = fread(flags, sizeof(flags[0]), PAGES_PER_BLOCK, f)) > 0) {
+        if (blocks == sizeof(free_pages) / sizeof(free_pages[0])) {
+            fprintf(stderr, "memcheck: more than %zu blocks\n", blocks);
+            fclose(f);
+            return 2;
+        }
+        unsigned short n = 0;
+        for (size_t i = 0; i < got; i++)
+            n += (flags[i] >> KPF_BUDDY) & 1;
+        free_pages[blocks++] = n;
+        pages += got;
+        if (got < PAGES_PER_BLOCK)
+            break;
+    }
+    int failed = ferror(f);
+    fclose(f);
+    if (failed) {
+        fprintf(stderr, "memcheck: cannot read /proc/kpageflags\n");
+        return 2;
+    }
+    printf("FREEMAP pages=%zu blocks=%zu\n", pages, blocks);
+    for (size_t b = 0; b < blocks; b++)
+        printf("%u%c", free_pages[b], (b % 32 == 31 || b + 1 == blocks) ? '\n' : ' ');
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "fill") == 0)
@@ -239,6 +286,8 @@ int main(int argc, char **argv)
         return cmd_verify();
     if (argc == 2 && strcmp(argv[1], "stop") == 0)
         return cmd_stop();
-    fprintf(stderr, "usage: memcheck fill MIB | memcheck verify | memcheck stop\n");
+    if (argc == 2 && strcmp(argv[1], "freemap") == 0)
+        return cmd_freemap();
+    fprintf(stderr, "usage: memcheck fill MIB | memcheck verify | memcheck stop | memcheck freemap\n");
     return 2;
 }

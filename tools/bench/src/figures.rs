@@ -42,6 +42,28 @@ pub mod key {
     pub const TOUCH_MIB_PER_S: &str = "touch_mib_per_s";
     pub const INFLATE_256_RETURNED_PCT: &str = "inflate_256_returned_pct";
     pub const PARTIAL_HUGE_PAGES: &str = "partial_huge_pages";
+    pub const SLACK_RSS_MIB: &str = "slack_rss_mib";
+    pub const SLACK_GUEST_RAM_RESIDENT_MIB: &str = "slack_guest_ram_resident_mib";
+    pub const SLACK_NOT_FREE_MIB: &str = "slack_not_free_mib";
+    pub const SLACK_RATIO: &str = "slack_ratio";
+    pub const SLACK_FREE_MIB: &str = "slack_free_mib";
+    pub const SLACK_FREE_RESIDENT_MIB: &str = "slack_free_resident_mib";
+    pub const SLACK_JOIN_FREE_MIB: &str = "slack_join_free_mib";
+    pub const SLACK_JOIN_FREE_RESIDENT_MIN_MIB: &str = "slack_join_free_resident_min_mib";
+    pub const SLACK_JOIN_FREE_RESIDENT_MAX_MIB: &str = "slack_join_free_resident_max_mib";
+    pub const SLACK_UNREPORTABLE_MIB: &str = "slack_unreportable_mib";
+    pub const SLACK_SMALL_ZONES_MIB: &str = "slack_small_zones_mib";
+    pub const SLACK_BELOW_ORDER_MIB: &str = "slack_below_order_mib";
+    pub const SLACK_BELOW_ORDER_NOT_MOVABLE_MIB: &str = "slack_below_order_not_movable_mib";
+    pub const SLACK_UNREPORTABLE_ORDER9_MIB: &str = "slack_unreportable_order9_mib";
+    pub const SLACK_NOT_IN_BUDDY_MIB: &str = "slack_not_in_buddy_mib";
+    pub const SLACK_ORDER: &str = "slack_order";
+    pub const SLACK_REPORTED_MIB: &str = "slack_reported_mib";
+    pub const SLACK_REPORTS: &str = "slack_reports";
+    pub const SLACK_REPORTS_LAST_10S: &str = "slack_reports_last_10s";
+    pub const SLACK_VCPU_S: &str = "slack_vcpu_s";
+    pub const SLACK_VMM_CPU_S: &str = "slack_vmm_cpu_s";
+    pub const SLACK_COMPACT_S: &str = "slack_compact_s";
     // Not rows of the table: what the plot of freed memory starts from.
     pub const FREED_AT_S: &str = "freed_at_s";
     pub const FILLED_RSS_MIB: &str = "filled_rss_mib";
@@ -366,6 +388,109 @@ pub const BACKING_FIGURES: &[Figure] = &[
         Unit::Count,
     ),
 ];
+
+/// The rows of the slack table: each measured by every slack scenario (its columns), with
+/// the key and unit of [`Figure`] (whose scenario is left at `SlackBaseline`).
+pub const SLACK_FIGURES: &[Figure] = &[
+    slack(key::EXEC_TO_READY_S, "exec → guest ready", Unit::Seconds),
+    slack(key::SLACK_RSS_MIB, "host RSS 30 s after ready", Unit::Mib),
+    slack(
+        key::SLACK_GUEST_RAM_RESIDENT_MIB,
+        "… of which guest RAM resident",
+        Unit::Mib,
+    ),
+    slack(
+        key::SLACK_NOT_FREE_MIB,
+        "guest RAM − MemFree (guest memory not free)",
+        Unit::Mib,
+    ),
+    slack(
+        key::SLACK_RATIO,
+        "host RSS / guest memory not free (goal ≤ 1.1)",
+        Unit::Ratio,
+    ),
+    slack(
+        key::SLACK_FREE_RESIDENT_MIB,
+        "free guest memory the host holds (resident − not free)",
+        Unit::Mib,
+    ),
+    slack(
+        key::SLACK_JOIN_FREE_RESIDENT_MIN_MIB,
+        "… page by page: free (buddy) and resident, at least",
+        Unit::Mib,
+    ),
+    slack(
+        key::SLACK_JOIN_FREE_RESIDENT_MAX_MIB,
+        "… at most",
+        Unit::Mib,
+    ),
+    slack(key::SLACK_FREE_MIB, "MemFree", Unit::Mib),
+    slack(
+        key::SLACK_NOT_IN_BUDDY_MIB,
+        "… not in the buddy allocator (per-CPU lists)",
+        Unit::Mib,
+    ),
+    slack(key::SLACK_ORDER, "reporting order in effect", Unit::Count),
+    slack(
+        key::SLACK_UNREPORTABLE_MIB,
+        "free memory reporting at that order never reports",
+        Unit::Mib,
+    ),
+    slack(
+        key::SLACK_SMALL_ZONES_MIB,
+        "… in zones too small to report (all of it)",
+        Unit::Mib,
+    ),
+    slack(
+        key::SLACK_BELOW_ORDER_MIB,
+        "… in blocks below the order, other zones",
+        Unit::Mib,
+    ),
+    slack(
+        key::SLACK_BELOW_ORDER_NOT_MOVABLE_MIB,
+        "free below the order on non-movable free lists, all zones (pagetypeinfo)",
+        Unit::Mib,
+    ),
+    slack(
+        key::SLACK_UNREPORTABLE_ORDER9_MIB,
+        "free memory order 9 would never report",
+        Unit::Mib,
+    ),
+    slack(
+        key::SLACK_REPORTED_MIB,
+        "reported since boot (GET /metrics)",
+        Unit::Mib,
+    ),
+    slack(
+        key::SLACK_REPORTS,
+        "reports (reporting_vq notifications) since boot",
+        Unit::Count,
+    ),
+    slack(
+        key::SLACK_REPORTS_LAST_10S,
+        "… of which 20–30 s after ready",
+        Unit::Count,
+    ),
+    slack(
+        key::SLACK_VCPU_S,
+        "CPU of the vCPU threads, ready → 30 s",
+        Unit::Seconds,
+    ),
+    slack(
+        key::SLACK_VMM_CPU_S,
+        "CPU of the vmm's other threads, ready → 30 s",
+        Unit::Seconds,
+    ),
+    slack(
+        key::SLACK_COMPACT_S,
+        "compaction (guest clock)",
+        Unit::Seconds,
+    ),
+];
+
+const fn slack(key: &'static str, label: &'static str, unit: Unit) -> Figure {
+    figure(Scenario::SlackBaseline, key, label, unit)
+}
 
 /// The figures that are a VMM's own overhead, whatever the guest's size and vCPUs.
 pub const OWN_OVERHEAD: &[(Scenario, &str)] = &[

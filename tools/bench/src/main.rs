@@ -10,6 +10,7 @@
 mod console;
 mod control;
 mod figures;
+mod guestmem;
 mod http;
 mod launch;
 mod plan;

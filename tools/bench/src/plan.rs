@@ -30,10 +30,27 @@ pub enum Scenario {
     BackingThp,
     #[serde(rename = "backing-hugetlb")]
     BackingHugetlb,
+    /// vmm only: the boot's guest idle 30 s after ready, with where its free memory is and
+    /// how much of it the host holds; one scenario per way of getting it back (`--only
+    /// slack`; not in the default run). This one as users run it.
+    #[serde(rename = "slack-baseline")]
+    SlackBaseline,
+    /// … the guest compacts its memory 20 s after ready.
+    #[serde(rename = "slack-compact")]
+    SlackCompact,
+    /// … `page_reporting.page_reporting_order=5` on the guest's command line.
+    #[serde(rename = "slack-cmdline-order5")]
+    SlackCmdlineOrder5,
+    /// … the guest sets its reporting order to 5 at ready (sysfs).
+    #[serde(rename = "slack-order5")]
+    SlackOrder5,
+    /// … the guest sets its reporting order to 0 at ready (sysfs).
+    #[serde(rename = "slack-order0")]
+    SlackOrder0,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Boot,
         Scenario::Minimal,
         Scenario::Timeline,
@@ -41,6 +58,20 @@ impl Scenario {
         Scenario::BackingAnon,
         Scenario::BackingThp,
         Scenario::BackingHugetlb,
+        Scenario::SlackBaseline,
+        Scenario::SlackCompact,
+        Scenario::SlackCmdlineOrder5,
+        Scenario::SlackOrder5,
+        Scenario::SlackOrder0,
+    ];
+
+    /// The slack part's scenarios, the baseline (as users run it) first.
+    pub const SLACK: [Scenario; 5] = [
+        Scenario::SlackBaseline,
+        Scenario::SlackCompact,
+        Scenario::SlackCmdlineOrder5,
+        Scenario::SlackOrder5,
+        Scenario::SlackOrder0,
     ];
 
     /// The backings part's scenarios, `anon` (the reference) first.
@@ -59,7 +90,29 @@ impl Scenario {
             Scenario::BackingAnon => "backing-anon",
             Scenario::BackingThp => "backing-thp",
             Scenario::BackingHugetlb => "backing-hugetlb",
+            Scenario::SlackBaseline => "slack-baseline",
+            Scenario::SlackCompact => "slack-compact",
+            Scenario::SlackCmdlineOrder5 => "slack-cmdline-order5",
+            Scenario::SlackOrder5 => "slack-order5",
+            Scenario::SlackOrder0 => "slack-order0",
         }
+    }
+
+    /// The short name of a slack scenario's variant (its column in the report).
+    pub fn slack_variant(self) -> Option<&'static str> {
+        match self {
+            Scenario::SlackBaseline => Some("baseline"),
+            Scenario::SlackCompact => Some("compact"),
+            Scenario::SlackCmdlineOrder5 => Some("cmdline order 5"),
+            Scenario::SlackOrder5 => Some("order 5"),
+            Scenario::SlackOrder0 => Some("order 0"),
+            _ => None,
+        }
+    }
+
+    /// Parts that compare vmm with itself: QEMU does not run them.
+    pub fn vmm_only(self) -> bool {
+        self.backing().is_some() || self.slack_variant().is_some()
     }
 
     /// The backing of guest RAM the scenario is about, if it is one of the backings part.
@@ -87,7 +140,7 @@ pub struct TimelineParts {
 /// What `--only` selects: a comma-separated list of these words.
 pub const PART_WORDS: &str =
     "boot, minimal, reclaim, inflate, burst, timeline (= reclaim,inflate,burst), \
-     density, backings (vmm only, not in the default run)";
+     density, backings, slack (both vmm only, not in the default run)";
 
 /// The scenarios (and timeline parts) a run does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,11 +151,13 @@ pub struct Selection {
     pub density: bool,
     /// vmm on each of `anon`, `thp` and `hugetlb`.
     pub backings: bool,
+    /// vmm's idle guest, where its free memory is, and each way of getting it back.
+    pub slack: bool,
 }
 
 impl Selection {
-    /// The default run: every part but `backings`, which compares vmm with itself and
-    /// needs huge pages reserved on the KVM host.
+    /// The default run: every part but `backings` and `slack`, which compare vmm with
+    /// itself (`backings` also needs huge pages reserved on the KVM host).
     pub fn everything() -> Selection {
         Selection {
             boot: true,
@@ -114,6 +169,7 @@ impl Selection {
             },
             density: true,
             backings: false,
+            slack: false,
         }
     }
 
@@ -129,6 +185,11 @@ impl Selection {
                 Scenario::BackingAnon | Scenario::BackingThp | Scenario::BackingHugetlb => {
                     self.backings
                 }
+                Scenario::SlackBaseline
+                | Scenario::SlackCompact
+                | Scenario::SlackCmdlineOrder5
+                | Scenario::SlackOrder5
+                | Scenario::SlackOrder0 => self.slack,
             })
             .collect()
     }
@@ -148,6 +209,7 @@ impl FromStr for Selection {
             },
             density: false,
             backings: false,
+            slack: false,
         };
         for word in s.split(',').map(str::trim) {
             match word {
@@ -159,6 +221,7 @@ impl FromStr for Selection {
                 "timeline" => sel.timeline = Selection::everything().timeline,
                 "density" => sel.density = true,
                 "backings" => sel.backings = true,
+                "slack" => sel.slack = true,
                 _ => return Err(format!("unknown part {word:?}; the parts are {PART_WORDS}")),
             }
         }
@@ -222,6 +285,18 @@ pub fn machine(scenario: Scenario, files: &GuestFiles) -> Machine {
             mem_backing: scenario.backing(),
             ..stock(1024, 2, as_users_run_it)
         },
+        // Linux 6.1 sets the order the driver asks for (pageblock order on x86_64) when the
+        // balloon's driver registers, over this one: the scenario shows whether it holds.
+        Scenario::SlackCmdlineOrder5 => Machine {
+            cmdline: format!("{} page_reporting.page_reporting_order=5", files.cmdline)
+                .trim()
+                .to_string(),
+            ..stock(1024, 2, as_users_run_it)
+        },
+        Scenario::SlackBaseline
+        | Scenario::SlackCompact
+        | Scenario::SlackOrder5
+        | Scenario::SlackOrder0 => stock(1024, 2, as_users_run_it),
     }
 }
 
@@ -235,8 +310,8 @@ pub struct Step {
     pub vmm: VmmUnderTest,
 }
 
-/// Every step of a run, in the order they run. The backings part runs only vmm builds:
-/// QEMU has no such flag to compare.
+/// Every step of a run, in the order they run. The backings and slack parts run only vmm
+/// builds: they compare vmm with itself.
 pub fn steps(selection: &Selection, vmms: &[VmmUnderTest], runs: usize) -> Vec<Step> {
     let mut steps = Vec::new();
     for repetition in 0..runs {
@@ -245,7 +320,7 @@ pub fn steps(selection: &Selection, vmms: &[VmmUnderTest], runs: usize) -> Vec<S
             let turn = repetition % order.len().max(1);
             order.rotate_left(turn);
             for vmm in order {
-                if scenario.backing().is_some() && vmm.kind != Kind::Vmm {
+                if scenario.vmm_only() && vmm.kind != Kind::Vmm {
                     continue;
                 }
                 steps.push(Step {
@@ -280,6 +355,10 @@ mod tests {
         let sel: Selection = "backings".parse().unwrap();
         assert_eq!(sel.scenarios(), Scenario::BACKINGS);
         assert!(!Selection::everything().backings);
+        let sel: Selection = "slack".parse().unwrap();
+        assert_eq!(sel.scenarios(), Scenario::SLACK);
+        assert!(!Selection::everything().slack);
+        assert!(Scenario::SLACK.iter().all(|s| s.vmm_only()));
     }
 
     #[test]
@@ -363,5 +442,20 @@ mod tests {
             },
             boot
         );
+        for slack in Scenario::SLACK {
+            let m = machine(slack, &files);
+            if slack == Scenario::SlackCmdlineOrder5 {
+                assert_eq!(m.cmdline, "quiet page_reporting.page_reporting_order=5");
+                assert_eq!(
+                    Machine {
+                        cmdline: "quiet".into(),
+                        ..m
+                    },
+                    boot
+                );
+            } else {
+                assert_eq!(m, boot, "{slack:?}");
+            }
+        }
     }
 }

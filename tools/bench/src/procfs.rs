@@ -22,6 +22,8 @@ pub const TICKS_PER_SECOND: f64 = 100.0;
 /// One mapping of /proc/PID/smaps, with what is needed here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
+    /// Its first address in the process.
+    pub start: u64,
     pub size: u64,
     pub writable: bool,
     /// The path column: empty for anonymous memory, `[heap]`, `/memfd:...`, a file.
@@ -72,6 +74,7 @@ pub fn parse_smaps(text: &str) -> Vec<Mapping> {
             let perms = words.next().unwrap_or("");
             let path = words.skip(3).collect::<Vec<_>>().join(" ");
             mappings.push(Mapping {
+                start,
                 size: end.saturating_sub(start),
                 writable: perms.as_bytes().get(1) == Some(&b'w'),
                 path,
@@ -91,22 +94,73 @@ pub fn parse_smaps(text: &str) -> Vec<Mapping> {
 /// Splits the resident memory of `mappings` into guest RAM and the rest, for a guest of
 /// `guest_mem_bytes`.
 pub fn memory_use(mappings: &[Mapping], guest_mem_bytes: u64) -> MemoryUse {
+    let guest_ram = guest_ram_mappings(mappings, guest_mem_bytes);
+    MemoryUse {
+        rss_kib: mappings.iter().map(|m| m.rss_kib).sum(),
+        guest_ram_rss_kib: guest_ram.iter().map(|m| m.rss_kib).sum(),
+        guest_ram_mappings: guest_ram.len(),
+    }
+}
+
+/// The mappings of `mappings` taken for the guest RAM of a guest of `guest_mem_bytes`,
+/// largest first.
+pub fn guest_ram_mappings(mappings: &[Mapping], guest_mem_bytes: u64) -> Vec<&Mapping> {
     let mut candidates: Vec<&Mapping> = mappings.iter().filter(|m| m.may_be_guest_ram()).collect();
     candidates.sort_by_key(|m| std::cmp::Reverse(m.size));
     let limit = guest_mem_bytes.saturating_add(GUEST_RAM_SLACK);
-    let (mut taken, mut guest_ram_rss_kib, mut guest_ram_mappings) = (0u64, 0u64, 0usize);
-    for m in candidates {
-        if taken.saturating_add(m.size) <= limit {
+    let mut taken = 0u64;
+    candidates.retain(|m| {
+        let fits = taken.saturating_add(m.size) <= limit;
+        if fits {
             taken += m.size;
-            guest_ram_rss_kib += m.rss_kib;
-            guest_ram_mappings += 1;
         }
-    }
-    MemoryUse {
-        rss_kib: mappings.iter().map(|m| m.rss_kib).sum(),
-        guest_ram_rss_kib,
-        guest_ram_mappings,
-    }
+        fits
+    });
+    candidates
+}
+
+/// 4 KiB pages per 2 MiB block of guest-physical memory.
+pub const PAGES_PER_BLOCK: usize = 512;
+/// /proc/PID/pagemap: the page is in memory (bit 63) or swapped out (bit 62).
+const PAGEMAP_PRESENT_OR_SWAPPED: u64 = 3 << 62;
+
+/// How many pages of each 2 MiB block are resident (in memory or swap), from /proc/PID/pagemap
+/// entries of consecutive pages; the last block may be short.
+pub fn resident_per_block(entries: &[u64]) -> Vec<u32> {
+    entries
+        .chunks(PAGES_PER_BLOCK)
+        .map(|block| {
+            block
+                .iter()
+                .filter(|&&e| e & PAGEMAP_PRESENT_OR_SWAPPED != 0)
+                .count() as u32
+        })
+        .collect()
+}
+
+/// The resident pages of each 2 MiB block of a guest's RAM, block 0 at guest-physical
+/// address 0, from the vmm's /proc/PID/pagemap. Only for a guest whose RAM is one mapping
+/// at guest-physical 0 (up to 3 GiB on x86_64, below the MMIO gap).
+pub fn read_guest_ram_resident_blocks(pid: u32, guest_mem_bytes: u64) -> io::Result<Vec<u32>> {
+    use std::os::unix::fs::FileExt;
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mappings = parse_smaps(&text);
+    let ram = guest_ram_mappings(&mappings, guest_mem_bytes);
+    let [only] = ram.as_slice() else {
+        return Err(io::Error::other(format!(
+            "guest RAM is in {} mappings, not one",
+            ram.len()
+        )));
+    };
+    let pages = (guest_mem_bytes.min(only.size) / 4096) as usize;
+    let mut bytes = vec![0u8; pages * 8];
+    let pagemap = fs::File::open(format!("/proc/{pid}/pagemap"))?;
+    pagemap.read_exact_at(&mut bytes, only.start / 4096 * 8)?;
+    let entries: Vec<u64> = bytes
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        .collect();
+    Ok(resident_per_block(&entries))
 }
 
 /// Reads and splits the resident memory of process `pid`.
@@ -319,6 +373,30 @@ mod tests {
         assert_eq!(used.guest_ram_rss_kib, 30);
         assert_eq!(used.guest_ram_mappings, 2);
         assert_eq!(used.own_kib(), 7);
+    }
+
+    #[test]
+    fn guest_ram_mapping_starts_where_smaps_says() {
+        let text = smaps_entry(0x7f00_0000_0000, GIB, "rw-p", "", 10)
+            + &smaps_entry(0x7f20_0000_0000, 8 << 20, "rw-p", "", 7);
+        let maps = parse_smaps(&text);
+        let ram = guest_ram_mappings(&maps, GIB);
+        assert_eq!(ram.len(), 1);
+        assert_eq!(ram[0].start, 0x7f00_0000_0000);
+    }
+
+    #[test]
+    fn resident_pages_are_counted_per_2_mib_block() {
+        let present = 1u64 << 63;
+        let swapped = 1u64 << 62;
+        let mut entries = vec![0u64; PAGES_PER_BLOCK * 2 + 3];
+        entries[0] = present | 0x1234;
+        entries[1] = swapped;
+        entries[2] = 0x1234; // a PFN without the present bit: not resident
+        entries[PAGES_PER_BLOCK] = present;
+        entries[PAGES_PER_BLOCK * 2 + 2] = present;
+        assert_eq!(resident_per_block(&entries), [2, 1, 1]);
+        assert!(resident_per_block(&[]).is_empty());
     }
 
     #[test]

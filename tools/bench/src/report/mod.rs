@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::figures::{key, Figure, Unit, BACKING_FIGURES, FIGURES, OWN_OVERHEAD};
+use crate::figures::{key, Figure, Unit, BACKING_FIGURES, FIGURES, OWN_OVERHEAD, SLACK_FIGURES};
 use crate::plan::Scenario;
 use crate::results::{read_steps, StepRecord};
 use stats::{summarize, Summary};
@@ -106,16 +106,13 @@ pub fn render(data: &RunData, plots_dir: &Path, plots_link: &str) -> io::Result<
     let plots = plot::draw_all(data, plots_dir).map_err(io::Error::other)?;
     let mut md = String::new();
     run_section(data, &mut md);
-    // The backings part alone compares vmm with itself: no goals, no VMM columns.
-    if data
-        .steps
-        .iter()
-        .any(|(r, _)| r.scenario.backing().is_none())
-    {
+    // The backings and slack parts alone compare vmm with itself: no goals, no VMM columns.
+    if data.steps.iter().any(|(r, _)| !r.scenario.vmm_only()) {
         goals_section(data, &mut md);
         figures_section(data, &mut md);
     }
     backings_section(data, &mut md);
+    slack_section(data, &mut md);
     if !plots.is_empty() {
         md.push_str("\n### Plots\n\n");
         for (file, caption) in &plots {
@@ -347,6 +344,54 @@ vmm on each `--mem-backing` (1 GiB, 2 vCPUs, \
             let cell = ratio(*other, row[0])
                 .filter(|_| ratio_means_something(f))
                 .map_or("—".to_string(), |r| format!("{r:.2}"));
+            let _ = write!(md, " {cell} |");
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+}
+
+/// vmm's idle guest in each slack variant, the baseline (as users run it) first: medians.
+fn slack_section(data: &RunData, md: &mut String) {
+    let variants: Vec<(Scenario, &str)> = Scenario::SLACK
+        .iter()
+        .filter_map(|s| Some((*s, s.slack_variant()?)))
+        .filter(|(s, _)| {
+            data.steps
+                .iter()
+                .any(|(r, _)| r.vmm == "vmm" && r.scenario == *s)
+        })
+        .collect();
+    if variants.is_empty() {
+        return;
+    }
+    let runs = data.info.get("runs").and_then(Value::as_u64).unwrap_or(0) as usize;
+    md.push_str(
+        "### Where an idle guest's slack is
+
+vmm's idle guest (stock kernel, 1 GiB, 2 vCPUs, `--balloon page-reporting,stats`), 30 s \
+         after ready, in each way of getting its free memory back. Median of the runs, with \
+         the smallest and largest in brackets.\n\n| figure | unit |",
+    );
+    for (_, name) in &variants {
+        let _ = write!(md, " {name} |");
+    }
+    md.push_str("\n| --- | --- |");
+    for _ in &variants {
+        md.push_str(" ---: |");
+    }
+    md.push('\n');
+    for f in SLACK_FIGURES {
+        let row: Vec<Option<Summary>> = variants
+            .iter()
+            .map(|(s, _)| data.summary(*s, f.key, "vmm"))
+            .collect();
+        if row.iter().all(Option::is_none) {
+            continue;
+        }
+        let _ = write!(md, "| {} | {} |", f.label, f.unit.suffix().trim());
+        for s in &row {
+            let cell = s.map_or("—".to_string(), |s| fmt_summary(&s, f.unit, runs));
             let _ = write!(md, " {cell} |");
         }
         md.push('\n');
@@ -790,6 +835,45 @@ mod tests {
         let mut md = String::new();
         backings_section(&data(vec![record(1, Scenario::Boot, "vmm", &[])]), &mut md);
         assert_eq!(md, "", "no table without the backings part");
+    }
+
+    #[test]
+    fn the_slack_table_has_a_column_per_variant_that_ran() {
+        let steps = vec![
+            record(
+                1,
+                Scenario::SlackBaseline,
+                "vmm",
+                &[(key::SLACK_RATIO, 1.15), (key::SLACK_ORDER, 9.0)],
+            ),
+            record(
+                2,
+                Scenario::SlackOrder5,
+                "vmm",
+                &[(key::SLACK_RATIO, 1.05), (key::SLACK_ORDER, 5.0)],
+            ),
+        ];
+        let mut md = String::new();
+        slack_section(&data(steps), &mut md);
+        assert!(
+            md.contains("| figure | unit | baseline | order 5 |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("(goal ≤ 1.1) | × | 1.15 n=1 | 1.05 n=1 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| reporting order in effect |  | 9 n=1 | 5 n=1 |"),
+            "{md}"
+        );
+        assert!(
+            !md.contains("compaction"),
+            "rows without values are left out:\n{md}"
+        );
+        let mut md = String::new();
+        slack_section(&data(vec![record(1, Scenario::Boot, "vmm", &[])]), &mut md);
+        assert_eq!(md, "", "no table without the slack part");
     }
 
     #[test]

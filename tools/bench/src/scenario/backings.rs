@@ -141,7 +141,7 @@ fn share_pct(before_kib: u64, after_kib: u64, of_mib: u64) -> f64 {
 
 /// The seconds between the two uptimes the guest printed, `None` unless it printed two
 /// numbers, the second later.
-fn uptime_span(text: &str) -> Option<f64> {
+pub(super) fn uptime_span(text: &str) -> Option<f64> {
     let mut numbers = text.split_whitespace().map(str::parse::<f64>);
     let (a, b) = (numbers.next()?.ok()?, numbers.next()?.ok()?);
     if numbers.next().is_some() || !a.is_finite() || !b.is_finite() || b <= a {

@@ -4,6 +4,7 @@
 mod backings;
 mod boot;
 mod density;
+mod slack;
 mod timeline;
 
 use std::collections::BTreeMap;
@@ -88,6 +89,11 @@ pub fn run_step(step: &Step, files: &GuestFiles, parts: TimelineParts, dir: &Pat
         Scenario::BackingAnon | Scenario::BackingThp | Scenario::BackingHugetlb => {
             backings::run(&step.vmm, files, step.scenario, dir, &mut outcome)
         }
+        Scenario::SlackBaseline
+        | Scenario::SlackCompact
+        | Scenario::SlackCmdlineOrder5
+        | Scenario::SlackOrder5
+        | Scenario::SlackOrder0 => slack::run(&step.vmm, files, step.scenario, dir, &mut outcome),
     };
     let csv = sampler::to_csv(&outcome.samples);
     let mut error = result.err().map(|e| e.0);
@@ -267,6 +273,11 @@ impl Guest {
     pub fn memory_use(&self) -> Result<MemoryUse, StepError> {
         procfs::read_memory_use(self.pid, self.machine.mem_bytes())
             .map_err(|e| StepError(format!("cannot read /proc/{}/smaps: {e}", self.pid)))
+    }
+
+    /// The guest's memory, in MiB.
+    pub fn mem_mib(&self) -> u64 {
+        self.machine.mem_mib
     }
 
     pub fn cpu(&self) -> CpuTicks {
