@@ -199,6 +199,70 @@ mod tests {
     }
 
     #[test]
+    fn deferred_work_runs_after_the_notification_without_the_device_lock() {
+        let wired = running_transport();
+        let mut manager = wired.manager();
+        let (ran, was_run) = mpsc::channel();
+        let device = wired.device.clone();
+        lock(&wired.device).deferred = Some(Box::new(move || {
+            // The device's lock is free: config accesses and the API go on meanwhile.
+            let free = device.try_lock().is_ok();
+            let _ = ran.send(free);
+        }));
+        wired.kick(0, 1);
+        assert_eq!(manager.run_with_timeout(0).unwrap(), 1);
+        assert_eq!(
+            was_run.try_recv(),
+            Ok(true),
+            "ran, with the device lock free"
+        );
+        assert_eq!(wired.processed(), vec![0]);
+        assert!(lock(&wired.device).deferred.is_none());
+    }
+
+    #[test]
+    fn deferred_work_holds_back_the_next_notification_and_a_reset() {
+        let wired = running_transport();
+        // The bring-up began with a reset, as Linux's probe does.
+        let resets_before = lock(&wired.device).resets;
+        let (started, work_started) = mpsc::channel();
+        let (finish, may_finish) = mpsc::channel::<()>();
+        lock(&wired.device).deferred = Some(Box::new(move || {
+            let _ = started.send(());
+            let _ = may_finish.recv_timeout(HANG_GUARD);
+        }));
+        let event_loop = {
+            let notifications = wired.notifications.clone();
+            thread::spawn(move || {
+                notifications.queue_events()[0].write(1).unwrap();
+                notifications.deliver_queue_event(0).unwrap();
+            })
+        };
+        work_started.recv_timeout(HANG_GUARD).unwrap();
+        // A second notification and a reset, each from its own thread, while it runs.
+        let second = {
+            let notifications = wired.notifications.clone();
+            thread::spawn(move || {
+                notifications.queue_events()[1].write(1).unwrap();
+                notifications.deliver_queue_event(1).unwrap();
+            })
+        };
+        let reset = {
+            let registers = wired.registers.clone();
+            thread::spawn(move || write32(&mut lock(&registers), VIRTIO_MMIO_STATUS, 0))
+        };
+        // Neither can get past the gate while the work runs.
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(wired.processed(), vec![0]);
+        assert_eq!(lock(&wired.device).resets, resets_before);
+        finish.send(()).unwrap();
+        event_loop.join().unwrap();
+        second.join().unwrap();
+        reset.join().unwrap();
+        assert_eq!(lock(&wired.device).resets, resets_before + 1);
+    }
+
+    #[test]
     fn device_fds_reach_the_device() {
         let wired = running_transport();
         let mut manager = wired.manager();
