@@ -3,7 +3,7 @@
 # alternating, several times each, and reports how they compare (docs/performance.md):
 #
 #   scripts/bench.sh [--runs N] [--only PARTS] [--baseline REV|PATH] [--no-qemu]
-#                    [--guest-args WORDS] [--vmm-balloon ITEMS] [--no-doc]
+#                    [--guest-args WORDS] [--no-doc]
 #   scripts/bench.sh --report DIR [--doc]
 #
 #   --runs N          repetitions of each scenario per VMM (default 5)
@@ -17,8 +17,6 @@
 #   --no-qemu         leave QEMU out (with --baseline: vmm against vmm only)
 #   --guest-args W    extra words for every guest's kernel command line, with every VMM
 #                     (e.g. 'init_on_alloc=0'); such a run never writes docs/performance.md
-#   --vmm-balloon I   items added to every vmm build's --balloon (e.g. must-tell-host), not
-#                     QEMU's; such a run never writes docs/performance.md
 #   --no-doc          never write docs/performance.md
 #   --report DIR      only write the report of an earlier run again (to DIR/report.md, or
 #                     with --doc to docs/performance.md)
@@ -41,11 +39,11 @@ BENCH_DIR=${VMM_BENCH_DIR:-$REPO/.cache/bench}
 DOC=$REPO/docs/performance.md
 
 usage() {
-    die "usage: $0 [--runs N] [--only PARTS] [--baseline REV|PATH] [--no-qemu] [--guest-args WORDS] [--vmm-balloon ITEMS] [--no-doc] | --report DIR [--doc]"
+    die "usage: $0 [--runs N] [--only PARTS] [--baseline REV|PATH] [--no-qemu] [--guest-args WORDS] [--no-doc] | --report DIR [--doc]"
 }
 
 original_args=("$@")
-runs=5 only="" baseline="" qemu=1 doc=auto report_dir="" guest_args="" vmm_balloon=""
+runs=5 only="" baseline="" qemu=1 doc=auto report_dir="" guest_args=""
 while (($#)); do
     case $1 in
     --runs) runs=${2:-} && shift ;;
@@ -53,7 +51,6 @@ while (($#)); do
     --baseline) baseline=${2:-} && shift ;;
     --no-qemu) qemu=0 ;;
     --guest-args) guest_args=${2:-} && shift ;;
-    --vmm-balloon) vmm_balloon=${2:-} && shift ;;
     --no-doc) doc=no ;;
     --doc) doc=yes ;;
     --report) report_dir=${2:-} && shift ;;
@@ -238,7 +235,7 @@ main() {
     mode=$(choose_mode)
 
     local label run started=$SECONDS
-    label=$(date -u +%Y%m%d-%H%M%S)${only:+-${only//,/+}}${baseline:+-baseline}${guest_args:+-guest-args}${vmm_balloon:+-vmm-balloon}
+    label=$(date -u +%Y%m%d-%H%M%S)${only:+-${only//,/+}}${baseline:+-baseline}${guest_args:+-guest-args}
     run=$BENCH_DIR/$label
     mkdir -p "$run/bin"
     log "run directory: $run"
@@ -272,7 +269,6 @@ main() {
     args+=(--kernel "$guest/vmlinuz" --initrd "$guest/initramfs.cpio.gz" --cmdline "$cmdline"
         --runs "$runs")
     ((minimal)) && args+=(--minimal-kernel "$guest/vmlinuz-minimal")
-    [[ -z $vmm_balloon ]] || args+=(--vmm-balloon "$vmm_balloon")
     [[ -z $only ]] || args+=(--only "$only")
     local total
     total=$("$run/bin/vmm-bench" run "${args[@]}" --out "$run/steps" --list | wc -l) ||
@@ -326,7 +322,7 @@ main() {
         --argjson load "$(jq -s . "$run/load.txt")" --argjson lost_steps "$lost"
 
     local to_doc=0
-    if [[ $doc == yes ]] || { [[ $doc == auto && -z $only && -z $baseline && -z $guest_args && -z $vmm_balloon ]] && ((qemu)); }; then
+    if [[ $doc == yes ]] || { [[ $doc == auto && -z $only && -z $baseline && -z $guest_args ]] && ((qemu)); }; then
         to_doc=1
     fi
     report "$run" "$to_doc"

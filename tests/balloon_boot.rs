@@ -346,22 +346,10 @@ fn statistics_agree_with_guest_meminfo() {
 #[test]
 #[ignore = "boots a guest: run through scripts/test.sh"]
 fn guest_memory_stays_intact_through_balloon_operations() {
-    memory_stays_intact_through_balloon_operations("stats,page-reporting");
-}
-
-/// With MUST_TELL_HOST the device frees inflated pages after it gave the buffers back;
-/// the guest's memory must come through all the same.
-#[test]
-#[ignore = "boots a guest: run through scripts/test.sh"]
-fn guest_memory_stays_intact_with_discards_after_the_inflate_buffer() {
-    memory_stays_intact_through_balloon_operations("stats,page-reporting,must-tell-host");
-}
-
-fn memory_stays_intact_through_balloon_operations(balloon: &str) {
     let mut vm = GuestVm::builder()
         .mem("1G")
         .cpus(2)
-        .balloon(balloon)
+        .balloon("stats,page-reporting")
         .api_sock()
         .boot();
     start_memcheck(&mut vm, 256);

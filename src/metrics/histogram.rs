@@ -57,14 +57,6 @@ impl LatencyHistogram {
         self.sum_ns = self.sum_ns.saturating_add(ns);
     }
 
-    /// Adds every observation of `other`, as if each had been observed here.
-    pub fn merge(&mut self, other: &LatencyHistogram) {
-        for (mine, theirs) in self.counts.iter_mut().zip(other.counts.iter()) {
-            *mine = mine.saturating_add(*theirs);
-        }
-        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
-    }
-
     /// How many durations were observed.
     pub fn count(&self) -> u64 {
         self.counts
@@ -113,20 +105,6 @@ mod tests {
         assert_eq!(buckets[18], (Some(1_000_000_000), 3));
         assert_eq!(buckets[19], (None, 4));
         assert!((histogram.sum_seconds() - 5.003_002_001).abs() < 1e-9);
-    }
-
-    #[test]
-    fn merging_adds_bucket_by_bucket() {
-        let mut a = LatencyHistogram::default();
-        a.observe(Duration::from_millis(3));
-        let mut b = LatencyHistogram::default();
-        b.observe(Duration::from_millis(3));
-        b.observe(Duration::from_micros(1));
-        a.merge(&b);
-        assert_eq!(a.count(), 3);
-        assert_eq!(a.counts[11], 2);
-        assert_eq!(a.counts[0], 1);
-        assert_eq!(a.sum_ns, 6_001_000);
     }
 
     #[test]

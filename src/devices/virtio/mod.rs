@@ -78,10 +78,6 @@ pub enum ActivateError {
     Other(String),
 }
 
-/// Work a device left for after its queue was processed, to run without the device's lock
-/// (see [`VirtioDevice::take_deferred_work`]).
-pub type DeferredWork = Box<dyn FnOnce() + Send>;
-
 /// A virtio device, independent of its transport.
 pub trait VirtioDevice: Send {
     /// The virtio device ID (5 for the balloon).
@@ -112,15 +108,6 @@ pub trait VirtioDevice: Send {
     /// Called when the driver notifies queue `index`. The transport calls it only once the
     /// device is activated.
     fn process_queue(&mut self, index: usize);
-
-    /// Work the last [`process_queue`](Self::process_queue) left to be done after the
-    /// driver got its buffers back. The transport runs it right away, without the
-    /// device's lock (so the driver's register accesses and the API are not held up) but
-    /// before it delivers the next notification of any queue or resets the device. A
-    /// device that finds its work not taken does it itself before anything else.
-    fn take_deferred_work(&mut self) -> Option<DeferredWork> {
-        None
-    }
 
     /// Returns the device to its state before activation: queues, memory and interrupt
     /// are dropped; user-set state (such as the balloon's target) is kept.

@@ -6,9 +6,7 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::devices::virtio::{
-    ActivateError, Activation, DeferredWork, InterruptKind, VirtioDevice,
-};
+use crate::devices::virtio::{ActivateError, Activation, InterruptKind, VirtioDevice};
 
 /// The device ID it answers with; no real device has it.
 pub const DUMMY_DEVICE_TYPE: u32 = 0x2a;
@@ -25,8 +23,6 @@ pub struct DummyDevice {
     pub resets: usize,
     pub timer: EventFd,
     pub timer_events: usize,
-    /// Handed to the transport after the next notification, as deferred work.
-    pub deferred: Option<DeferredWork>,
 }
 
 impl DummyDevice {
@@ -42,7 +38,6 @@ impl DummyDevice {
             resets: 0,
             timer: EventFd::new(EFD_NONBLOCK).unwrap(),
             timer_events: 0,
-            deferred: None,
         }
     }
 }
@@ -99,9 +94,6 @@ impl VirtioDevice for DummyDevice {
         if used {
             running.interrupt.trigger(InterruptKind::Queue);
         }
-    }
-    fn take_deferred_work(&mut self) -> Option<DeferredWork> {
-        self.deferred.take()
     }
     fn reset(&mut self) {
         self.running = None;

@@ -29,9 +29,6 @@ pub struct VmmUnderTest {
     /// The program and the arguments that come before the machine's: for QEMU packed
     /// with its libraries, the loader, its options and QEMU's `-L`.
     pub program: Vec<String>,
-    /// Items added to vmm's `--balloon` (`vmm-bench run --vmm-balloon`); empty for QEMU.
-    #[serde(default)]
-    pub balloon_extra: Vec<String>,
 }
 
 impl VmmUnderTest {
@@ -40,7 +37,6 @@ impl VmmUnderTest {
             name: name.to_string(),
             kind: Kind::Vmm,
             program: vec![binary.display().to_string()],
-            balloon_extra: Vec::new(),
         }
     }
 
@@ -50,7 +46,6 @@ impl VmmUnderTest {
             name: "qemu".into(),
             kind: Kind::Qemu,
             program: vec![binary.display().to_string()],
-            balloon_extra: Vec::new(),
         }
     }
 
@@ -69,7 +64,6 @@ impl VmmUnderTest {
                 "-L".into(),
                 at("share"),
             ],
-            balloon_extra: Vec::new(),
         }
     }
 }
@@ -137,7 +131,6 @@ pub fn command_line(vmm: &VmmUnderTest, machine: &Machine, sock: &Path) -> Vec<S
             .iter()
             .filter(|(on, _)| *on)
             .map(|(_, name)| *name)
-            .chain(vmm.balloon_extra.iter().map(String::as_str))
             .collect();
             args.extend([
                 s("--kernel"),
@@ -251,13 +244,6 @@ mod tests {
             line,
             "/p/vmm --kernel /k/vmlinuz --initrd /k/initramfs.cpio.gz --mem 1024M --cpus 2 \
              --balloon page-reporting,stats --api-sock /tmp/a.sock --cmdline 'clearcpuid=xsave quiet'"
-        );
-        let mut told = vmm.clone();
-        told.balloon_extra = vec!["must-tell-host".into()];
-        let line = shell_line(&command_line(&told, &machine(), Path::new("/tmp/a.sock")));
-        assert!(
-            line.contains("--balloon page-reporting,stats,must-tell-host "),
-            "{line}"
         );
         let hugetlb = Machine {
             mem_backing: Some(MemBacking::Hugetlb),

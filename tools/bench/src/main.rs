@@ -72,10 +72,6 @@ struct RunArgs {
     /// Added to every guest's kernel command line.
     #[arg(long, default_value = "quiet")]
     cmdline: String,
-    /// Items added to every vmm build's `--balloon` (comma-separated, e.g.
-    /// must-tell-host); QEMU is not given them.
-    #[arg(long, value_name = "ITEMS")]
-    vmm_balloon: Option<String>,
     /// Repetitions of each scenario per VMM.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
     runs: u64,
@@ -142,11 +138,6 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> Result<(), String> {
     let mut vmms = args.vmms.clone();
-    if let Some(items) = &args.vmm_balloon {
-        for vmm in &mut vmms {
-            vmm.balloon_extra = items.split(',').map(str::to_string).collect();
-        }
-    }
     if let Some(dir) = &args.qemu_bundle {
         vmms.push(VmmUnderTest::qemu_bundle(dir));
     } else if let Some(qemu) = &args.qemu {

@@ -3,7 +3,7 @@
 //! `stats`, `reporting` and `hinting`.
 
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
@@ -12,26 +12,22 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::config::ConfigSpace;
 use super::hinting::{process_hinting, HintingOutcome, HintingState};
 use super::huge_pages::HugePageTracker;
-use super::inflate::{
-    discard_runs, process_deflate, process_inflate, DeflateOutcome, InflateOutcome,
-};
+use super::inflate::{process_deflate, process_inflate, DeflateOutcome, InflateOutcome};
 use super::layout::{QueueLayout, QueueRole};
-use super::ranges::{DiscardOutcome, PageRun};
+use super::ranges::DiscardOutcome;
 use super::reporting::{process_reporting, ReportingOutcome};
 use super::stats::{StatsOutcome, StatsState};
 use super::warnings::{Warning, Warnings};
 use super::{
     target_pages, BalloonConfig, BalloonError, BalloonInfo, BalloonStatistics, HintingStatus,
-    BALLOON_PAGE_SIZE, MAX_STATS_INTERVAL_S, VIRTIO_BALLOON_F_MUST_TELL_HOST,
-    VIRTIO_BALLOON_F_PAGE_POISON,
+    BALLOON_PAGE_SIZE, MAX_STATS_INTERVAL_S, VIRTIO_BALLOON_F_PAGE_POISON,
 };
 use crate::devices::virtio::{
-    ActivateError, Activation, DeferredWork, InterruptKind, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1, VIRTIO_ID_BALLOON,
+    ActivateError, Activation, InterruptKind, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+    VIRTIO_ID_BALLOON,
 };
 use crate::memory::{GuestMemoryMmap, MemoryBacking};
 use crate::metrics::LatencyHistogram;
-use crate::sync::lock;
 
 /// Entries in every balloon queue. Linux sends one inflate/deflate buffer at a time, up to
 /// 32 reports and up to a queue's worth of hints; 256 leaves the guest room for all.
@@ -77,9 +73,6 @@ pub struct BalloonCounters {
     pub config_interrupts: u64,
     /// Each queue's work, by [`QueueRole`] (see [`BalloonCounters::queue`]).
     pub queues: [QueueCounters; 5],
-    /// How long each discard of inflated pages deferred until after the buffers went
-    /// back took (with MUST_TELL_HOST; see `take_deferred_work`).
-    pub deferred_discards: LatencyHistogram,
 }
 
 /// The work one balloon queue did.
@@ -108,11 +101,7 @@ impl BalloonCounters {
     /// later; so what an inflate keeps for good is only what lay outside RAM or failed.
     fn count_inflate(&mut self, outcome: &InflateOutcome) {
         self.inflated_pages = self.inflated_pages.saturating_add(outcome.pages);
-        self.count_inflate_discard(&outcome.discard);
-    }
-
-    /// What discarding inflated pages did, whether before the buffers went back or after.
-    fn count_inflate_discard(&mut self, discard: &DiscardOutcome) {
+        let discard = &outcome.discard;
         let kept_for_good = discard.outside_ram.saturating_add(discard.failed);
         let discarded =
             self.count_discard(discard.discarded.saturating_add(kept_for_good), discard);
@@ -193,30 +182,6 @@ impl Running {
     }
 }
 
-/// What deferred discards did since the device last counted them.
-#[derive(Debug, Default)]
-struct DeferredTally {
-    discard: DiscardOutcome,
-    took: LatencyHistogram,
-}
-
-impl DeferredTally {
-    fn count_into(&self, counters: &mut BalloonCounters) {
-        counters.count_inflate_discard(&self.discard);
-        counters.deferred_discards.merge(&self.took);
-    }
-}
-
-/// Discards `runs` and leaves what happened in `tally`.
-fn discard_deferred(mem: &GuestMemoryMmap, runs: &[PageRun], tally: &Mutex<DeferredTally>) {
-    let started = Instant::now();
-    let outcome = discard_runs(mem, runs);
-    let took = started.elapsed();
-    let mut tally = lock(tally);
-    tally.discard.absorb(outcome);
-    tally.took.observe(took);
-}
-
 /// The virtio memory balloon.
 pub struct Balloon {
     config: BalloonConfig,
@@ -234,12 +199,6 @@ pub struct Balloon {
     stats_timer: Option<TimerFd>,
     hinting: HintingState,
     running: Option<Running>,
-    /// Inflated runs whose discard the last inflate notification left for after the
-    /// buffers went back ([`VirtioDevice::take_deferred_work`]).
-    pending_discard: Option<Vec<PageRun>>,
-    /// What deferred discards did, not counted yet: they run without the device's lock
-    /// and leave their outcome here (a leaf lock, taken last).
-    deferred_discards: Arc<Mutex<DeferredTally>>,
     counters: BalloonCounters,
     warnings: Warnings,
 }
@@ -275,8 +234,6 @@ impl Balloon {
             stats_timer,
             hinting: HintingState::default(),
             running: None,
-            pending_discard: None,
-            deferred_discards: Arc::default(),
             counters: BalloonCounters::default(),
             warnings: Warnings::default(),
         })
@@ -391,34 +348,9 @@ impl Balloon {
         Ok(())
     }
 
-    /// Running totals since the balloon was created, deferred discards that ran included.
+    /// Running totals since the balloon was created.
     pub fn counters(&self) -> BalloonCounters {
-        let mut counters = self.counters;
-        lock(&self.deferred_discards).count_into(&mut counters);
-        counters
-    }
-
-    /// Discards what an inflate left for later if nobody took it, and counts what
-    /// deferred discards did. Before the device processes anything else: a deflate must
-    /// not be acknowledged while a discard of its pages may still come.
-    fn settle_deferred_discards(&mut self) {
-        if let Some(runs) = self.pending_discard.take() {
-            if let Some(running) = &self.running {
-                discard_deferred(&running.mem, &runs, &self.deferred_discards);
-            }
-        }
-        let done = std::mem::take(&mut *lock(&self.deferred_discards));
-        done.count_into(&mut self.counters);
-        let done = done.discard;
-        if let Some(addr) = done.first_outside {
-            self.warnings.warn(
-                Warning::PfnOutsideRam,
-                format_args!("PFN {:#x}", addr >> 12),
-            );
-        }
-        if let Some(e) = &done.first_error {
-            self.warnings.warn(Warning::DiscardFailed, e);
-        }
+        self.counters
     }
 
     /// Whether pages the guest reports must be left alone: it negotiated PAGE_POISON and
@@ -498,16 +430,11 @@ impl Balloon {
     }
 
     fn process_role(&mut self, role: QueueRole) {
-        self.settle_deferred_discards();
         let started = Instant::now();
         let may_discard_reports = !self.reported_pages_keep_poison();
         let Some(running) = self.running.as_mut() else {
             return;
         };
-        // Such a driver waits for its deflate to be acknowledged before it touches a
-        // ballooned page again, so the discard may follow the acknowledgement of the
-        // inflate; without it the driver may reuse a page as soon as its buffer is back.
-        let defer_discards = running.has_feature(VIRTIO_BALLOON_F_MUST_TELL_HOST);
         let Some(queue) = running.queues[role.slot()].as_mut() else {
             self.warnings
                 .warn(Warning::NotifiedUnusedQueue, role.name());
@@ -519,12 +446,10 @@ impl Balloon {
         let warnings = &mut self.warnings;
         let counters = &mut self.counters;
         let mut config_changed = false;
-        let mut deferred = Vec::new();
         let returned = match role {
             QueueRole::Inflate => {
-                let mut out = process_inflate(queue, mem, huge_pages, defer_discards, warnings);
+                let out = process_inflate(queue, mem, huge_pages, warnings);
                 counters.count_inflate(&out);
-                deferred = std::mem::take(&mut out.deferred);
                 out.returned
             }
             QueueRole::Deflate => {
@@ -558,9 +483,6 @@ impl Balloon {
             counters.count_config_interrupt();
         }
         counters.count_notification(role, returned, started.elapsed());
-        if !deferred.is_empty() {
-            self.pending_discard = Some(deferred);
-        }
     }
 }
 
@@ -683,24 +605,12 @@ impl VirtioDevice for Balloon {
     }
 
     fn reset(&mut self) {
-        // The driver may use every page again after a reset.
-        self.settle_deferred_discards();
         self.running = None;
         self.actual_pages = 0;
         self.poison_val = 0;
         self.stats.reset();
         self.hinting.reset();
         self.arm_stats_timer();
-    }
-
-    fn take_deferred_work(&mut self) -> Option<DeferredWork> {
-        let runs = self.pending_discard.take()?;
-        let Some(running) = &self.running else {
-            return None;
-        };
-        let mem = running.mem.clone();
-        let done = self.deferred_discards.clone();
-        Some(Box::new(move || discard_deferred(&mem, &runs, &done)))
     }
 
     fn event_fds(&self) -> Vec<RawFd> {

@@ -1308,7 +1308,6 @@ fn counters_stop_at_the_top_instead_of_wrapping() {
         stats_updates: u64::MAX,
         config_interrupts: u64::MAX,
         queues: [near_top; 5],
-        deferred_discards: Default::default(),
     };
     bench.balloon.set_counters(top);
     probe(&mut bench, QueueRole::Inflate);
@@ -1350,128 +1349,7 @@ fn counters_stop_at_the_top_instead_of_wrapping() {
             stats_updates: u64::MAX,
             config_interrupts: u64::MAX,
             queues,
-            deferred_discards: counters.deferred_discards,
         }
     );
     assert_eq!(counters.queue(QueueRole::Inflate).processing.count(), 1);
-}
-
-/// With MUST_TELL_HOST the discard of inflated pages waits until the buffers are back.
-#[test]
-fn with_must_tell_host_inflated_pages_are_discarded_after_the_buffer_goes_back() {
-    let bench_ram = ram();
-    let mut bench = Bench::parse(&bench_ram, "must-tell-host");
-    bench.activate().unwrap();
-    bench.fill(DATA_AREA, MIB + PAGE, 0x5a);
-    bench.add_readable(0, &pfn_bytes(&pfns_of(DATA_AREA, 256)));
-    let work = bench.notify_deferring(0).expect("the discard is deferred");
-    assert_eq!(bench.used_count(0), 1);
-    assert_eq!(bench.interrupt.queue(), 1);
-    assert!(bench.holds(DATA_AREA, MIB, 0x5a), "not discarded yet");
-    assert_eq!(bench.balloon.counters().inflated_pages, 256);
-    assert_eq!(bench.balloon.counters().discarded_bytes, 0);
-
-    let before = resident_bytes(bench.mem);
-    work();
-    assert!(before - resident_bytes(bench.mem) >= MIB);
-    assert!(bench.holds(DATA_AREA, MIB, 0));
-    assert!(bench.holds(DATA_AREA + MIB, PAGE, 0x5a));
-    let counters = bench.balloon.counters();
-    assert_eq!(counters.inflate_discarded_bytes, MIB);
-    assert_eq!(counters.discard_calls, 1);
-    assert_eq!(counters.deferred_discards.count(), 1);
-    // Counted once, whether read before or after the device takes the outcome in.
-    bench.notify(0);
-    let later = bench.balloon.counters();
-    assert_eq!(later.discarded_bytes, counters.discarded_bytes);
-    assert_eq!(later.discard_calls, counters.discard_calls);
-    assert_eq!(later.deferred_discards, counters.deferred_discards);
-}
-
-#[test]
-fn without_must_tell_host_inflated_pages_are_discarded_before_the_buffer_goes_back() {
-    let bench_ram = ram();
-    let mut bench = Bench::parse(&bench_ram, "deflate-on-oom,page-reporting,stats");
-    bench.activate().unwrap();
-    bench.fill(DATA_AREA, MIB, 0x5a);
-    bench.add_readable(0, &pfn_bytes(&pfns_of(DATA_AREA, 256)));
-    assert!(bench.notify_deferring(0).is_none());
-    assert_eq!(bench.used_count(0), 1);
-    assert!(bench.holds(DATA_AREA, MIB, 0));
-    assert_eq!(bench.balloon.counters().inflate_discarded_bytes, MIB);
-}
-
-#[test]
-fn with_must_tell_host_not_negotiated_inflated_pages_are_discarded_at_once() {
-    let bench_ram = ram();
-    let mut bench = Bench::parse(&bench_ram, "must-tell-host");
-    bench.activate_acking(1 << VIRTIO_F_VERSION_1).unwrap();
-    bench.fill(DATA_AREA, MIB, 0x5a);
-    bench.add_readable(0, &pfn_bytes(&pfns_of(DATA_AREA, 256)));
-    assert!(bench.notify_deferring(0).is_none());
-    assert!(bench.holds(DATA_AREA, MIB, 0));
-}
-
-#[test]
-fn a_deflate_is_acknowledged_only_after_a_deferred_discard_left_untaken() {
-    let bench_ram = ram();
-    let mut bench = Bench::parse(&bench_ram, "must-tell-host");
-    bench.activate().unwrap();
-    bench.fill(DATA_AREA, MIB, 0x5a);
-    bench.add_readable(0, &pfn_bytes(&pfns_of(DATA_AREA, 256)));
-    // Nobody takes the deferred work: the device does it before the deflate.
-    bench.balloon.process_queue(0);
-    assert!(bench.holds(DATA_AREA, MIB, 0x5a));
-    bench.add_readable(1, &pfn_bytes(&pfns_of(DATA_AREA, 256)));
-    assert!(bench.notify_deferring(1).is_none());
-    assert_eq!(bench.used_count(1), 1);
-    assert!(bench.holds(DATA_AREA, MIB, 0));
-    // The guest uses its page again after the acknowledgement; nothing discards it.
-    bench.fill(DATA_AREA, PAGE, 0x11);
-    bench.notify(0);
-    bench.notify(1);
-    assert!(bench.holds(DATA_AREA, PAGE, 0x11));
-    assert_eq!(bench.balloon.counters().inflate_discarded_bytes, MIB);
-}
-
-#[test]
-fn a_reset_does_a_deferred_discard_left_untaken_first() {
-    let bench_ram = ram();
-    let mut bench = Bench::parse(&bench_ram, "must-tell-host");
-    bench.activate().unwrap();
-    bench.fill(DATA_AREA, MIB, 0x5a);
-    bench.add_readable(0, &pfn_bytes(&pfns_of(DATA_AREA, 256)));
-    bench.balloon.process_queue(0);
-    bench.balloon.reset();
-    assert!(bench.holds(DATA_AREA, MIB, 0));
-    assert!(bench.balloon.take_deferred_work().is_none());
-    assert_eq!(bench.balloon.counters().inflate_discarded_bytes, MIB);
-}
-
-#[test]
-fn a_deferred_discard_of_pages_outside_ram_warns_and_counts_them_kept() {
-    let bench_ram = ram();
-    let mut bench = Bench::parse(&bench_ram, "must-tell-host");
-    bench.activate().unwrap();
-    let end_pfn = (GUEST_MEM / PAGE) as u32;
-    bench.add_readable(0, &pfn_bytes(&[end_pfn, end_pfn + 1]));
-    bench.notify(0);
-    assert_eq!(bench.used_count(0), 1);
-    let counters = bench.balloon.counters();
-    assert_eq!(counters.inflated_pages, 2);
-    assert_eq!(counters.kept_bytes, 2 * PAGE);
-    assert_eq!(counters.discarded_bytes, 0);
-    // The warning comes when the device takes the outcome in, at its next notification.
-    bench.notify(0);
-    assert_eq!(bench.balloon.warning_count(Warning::PfnOutsideRam), 1);
-}
-
-#[test]
-fn with_a_huge_page_backing_inflated_pages_are_never_deferred() {
-    let bench_ram = ram_with(MemoryBacking::Thp);
-    let mut bench = Bench::with_backing(&bench_ram, "must-tell-host", MemoryBacking::Thp);
-    bench.activate().unwrap();
-    bench.add_readable(0, &pfn_bytes(&pfns_of(DATA_AREA, 512)));
-    assert!(bench.notify_deferring(0).is_none());
-    assert_eq!(bench.used_count(0), 1);
 }

@@ -5,12 +5,6 @@
 //! buffers available at a notification, sorts and merges them into runs of contiguous
 //! pages, and frees each run with one discard. Pages outside guest RAM are skipped.
 //!
-//! When the driver negotiated MUST_TELL_HOST, the runs are discarded after the buffers
-//! went back (see [`InflateOutcome::deferred`]): the guest goes on to gather its next
-//! pages while the host frees these. That is safe only because such a driver does not
-//! touch a ballooned page again before the device acknowledged its deflate, and the
-//! device processes nothing, deflate included, before the deferred discard is done.
-//!
 //! With a huge-page backing a page goes back to the host only with the rest of its 2 MiB
 //! huge page: the PFNs are recorded in a [`HugePageTracker`] and a huge page is freed by
 //! the inflate that puts its last page in the balloon (see `huge_pages`).
@@ -37,9 +31,6 @@ const READ_CHUNK_PFNS: u64 = 4096;
 /// PFNs gathered before they are merged and discarded, bounding the device's memory
 /// whatever buffer sizes the guest claims (256 KiB of PFNs, 256 MiB of guest pages).
 const FLUSH_PFNS: usize = 64 * 1024;
-/// Runs held for a deferred discard at most; beyond, they are discarded at once. Bounds
-/// what a notification leaves behind the way [`FLUSH_PFNS`] bounds what it gathers.
-const MAX_DEFERRED_RUNS: usize = 64 * 1024;
 
 /// What one round of a queue did.
 #[derive(Debug, Default)]
@@ -48,33 +39,21 @@ pub(super) struct InflateOutcome {
     pub returned: usize,
     /// Distinct pages the guest listed.
     pub pages: u64,
-    /// What the discards made before the buffers went back did.
     pub discard: DiscardOutcome,
-    /// Runs still to discard, once the buffers are back (see [`discard_runs`]); empty
-    /// unless the caller allowed deferring.
-    pub deferred: Vec<PageRun>,
 }
 
 /// Processes every buffer available on inflateq. With `huge_pages` (a huge-page backing)
-/// the pages are recorded there and only the huge pages they complete are freed. With
-/// `defer_discards` (and no huge pages) the runs are left in [`InflateOutcome::deferred`]
-/// for the caller to discard after the driver has its buffers back.
+/// the pages are recorded there and only the huge pages they complete are freed.
 pub(super) fn process_inflate(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     mut huge_pages: Option<&mut HugePageTracker>,
-    defer_discards: bool,
     warnings: &mut Warnings,
 ) -> InflateOutcome {
     let mut outcome = InflateOutcome::default();
-    let defer_discards = defer_discards && huge_pages.is_none();
     let returned = read_pfn_buffers(queue, mem, warnings, |pfns, warnings| {
         let runs = merge_pfns(pfns);
         outcome.pages = outcome.pages.saturating_add(pfns.len() as u64);
-        if defer_discards && outcome.deferred.len() + runs.len() <= MAX_DEFERRED_RUNS {
-            outcome.deferred.extend(runs);
-            return;
-        }
         for run in runs {
             let result = match huge_pages.as_deref_mut() {
                 None => discard_in_ram(mem, run.addr(), run.len()),
@@ -93,17 +72,6 @@ pub(super) fn process_inflate(
         }
     });
     outcome.returned = returned;
-    outcome
-}
-
-/// Discards `runs` (deferred by [`process_inflate`]), skipping what is outside guest RAM.
-/// What happened, including the first address outside RAM and the first error, is in the
-/// outcome for the device to count and warn about.
-pub(super) fn discard_runs(mem: &GuestMemoryMmap, runs: &[PageRun]) -> DiscardOutcome {
-    let mut outcome = DiscardOutcome::default();
-    for run in runs {
-        outcome.absorb(discard_in_ram(mem, run.addr(), run.len()));
-    }
     outcome
 }
 

@@ -164,11 +164,6 @@ fn write_queues(out: &mut Exposition, info: &BalloonInfo, c: &BalloonCounters) {
     for role in &queues {
         family.histogram_sample(&label(role), &c.queue(*role).processing);
     }
-    out.histogram(
-        "vmm_balloon_inflate_deferred_discard_seconds",
-        "Time each discard of inflated pages took that ran after the buffers went back (with MUST_TELL_HOST).",
-    )
-    .histogram_sample(&[], &c.deferred_discards);
 }
 
 /// Reads one statistic out of what the guest sent.

@@ -12,7 +12,7 @@ use vm_memory::{Address, Bytes, GuestAddress};
 use super::layout::QueueRole;
 use super::{Balloon, BalloonConfig};
 use crate::devices::test_support::CountingInterrupt;
-use crate::devices::virtio::{ActivateError, Activation, DeferredWork, VirtioDevice};
+use crate::devices::virtio::{ActivateError, Activation, VirtioDevice};
 use crate::memory::{create_guest_memory, GuestMemoryMmap, MemoryBacking};
 use crate::size::MIB;
 
@@ -243,19 +243,8 @@ impl<'m> Bench<'m> {
         self.mem.write_obj(idx, avail.unchecked_add(2)).unwrap();
     }
 
-    /// A notification as the transport delivers it: processed, then the work the device
-    /// deferred run.
     pub fn notify(&mut self, index: usize) {
         self.balloon.process_queue(index);
-        if let Some(work) = self.balloon.take_deferred_work() {
-            work();
-        }
-    }
-
-    /// A notification processed, its deferred work (if any) handed back unrun.
-    pub fn notify_deferring(&mut self, index: usize) -> Option<DeferredWork> {
-        self.balloon.process_queue(index);
-        self.balloon.take_deferred_work()
     }
 
     /// How many buffers the device has returned on queue `index`.

@@ -112,12 +112,6 @@ impl<D: VirtioDevice> QueueNotifications<D> {
             return;
         }
         device.process_queue(index);
-        let deferred = device.take_deferred_work();
-        drop(device);
-        // Still under the gate: the next notification and a reset wait for it.
-        if let Some(work) = deferred {
-            work();
-        }
     }
 
     /// The driver set or cleared `QueueReady` of queue `index` (before DRIVER_OK). Taking
@@ -141,10 +135,6 @@ impl<D: VirtioDevice> QueueNotifications<D> {
         device.activate(activation)?;
         for (index, _) in early.iter().enumerate().filter(|(_, &notified)| notified) {
             device.process_queue(index);
-            let deferred = device.take_deferred_work();
-            if let Some(work) = deferred {
-                work();
-            }
         }
         Ok(())
     }
