@@ -2,7 +2,8 @@
 # The side-by-side benchmark: boots the same guests with vmm and with QEMU (microvm),
 # alternating, several times each, and reports how they compare (docs/performance.md):
 #
-#   scripts/bench.sh [--runs N] [--only PARTS] [--baseline REV|PATH] [--no-qemu] [--no-doc]
+#   scripts/bench.sh [--runs N] [--only PARTS] [--baseline REV|PATH] [--no-qemu]
+#                    [--guest-args WORDS] [--no-doc]
 #   scripts/bench.sh --report DIR [--doc]
 #
 #   --runs N          repetitions of each scenario per VMM (default 5)
@@ -16,6 +17,8 @@
 #                     revision (built from `git archive`, e.g. `main`) or a vmm binary
 #                     (static when nested). Reported as `baseline`, with vmm/baseline ratios.
 #   --no-qemu         leave QEMU out (with --baseline: vmm against vmm only)
+#   --guest-args W    extra words for every guest's kernel command line, with every VMM
+#                     (e.g. 'init_on_alloc=0'); such a run never writes docs/performance.md
 #   --no-doc          never write docs/performance.md
 #   --report DIR      only write the report of an earlier run again (to DIR/report.md, or
 #                     with --doc to docs/performance.md)
@@ -38,17 +41,18 @@ BENCH_DIR=${VMM_BENCH_DIR:-$REPO/.cache/bench}
 DOC=$REPO/docs/performance.md
 
 usage() {
-    die "usage: $0 [--runs N] [--only PARTS] [--baseline REV|PATH] [--no-qemu] [--no-doc] | --report DIR [--doc]"
+    die "usage: $0 [--runs N] [--only PARTS] [--baseline REV|PATH] [--no-qemu] [--guest-args WORDS] [--no-doc] | --report DIR [--doc]"
 }
 
 original_args=("$@")
-runs=5 only="" baseline="" qemu=1 doc=auto report_dir=""
+runs=5 only="" baseline="" qemu=1 doc=auto report_dir="" guest_args=""
 while (($#)); do
     case $1 in
     --runs) runs=${2:-} && shift ;;
     --only) only=${2:-} && shift ;;
     --baseline) baseline=${2:-} && shift ;;
     --no-qemu) qemu=0 ;;
+    --guest-args) guest_args=${2:-} && shift ;;
     --no-doc) doc=no ;;
     --doc) doc=yes ;;
     --report) report_dir=${2:-} && shift ;;
@@ -240,7 +244,7 @@ main() {
     mode=$(choose_mode)
 
     local label run started=$SECONDS
-    label=$(date -u +%Y%m%d-%H%M%S)${only:+-${only//,/+}}${baseline:+-baseline}
+    label=$(date -u +%Y%m%d-%H%M%S)${only:+-${only//,/+}}${baseline:+-baseline}${guest_args:+-guest-args}
     run=$BENCH_DIR/$label
     mkdir -p "$run/bin"
     log "run directory: $run"
@@ -259,6 +263,7 @@ main() {
         root=$run/bin
         cmdline="quiet"
     fi
+    [[ -z $guest_args ]] || cmdline+=" $guest_args"
     args+=(--vmm "vmm=$root/vmm")
     [[ -z $baseline ]] || args+=(--vmm "baseline=$root/vmm-baseline")
     if ((qemu)); then
@@ -326,7 +331,7 @@ main() {
         --argjson load "$(jq -s . "$run/load.txt")" --argjson lost_steps "$lost"
 
     local to_doc=0
-    if [[ $doc == yes ]] || { [[ $doc == auto && -z $only && -z $baseline ]] && ((qemu)); }; then
+    if [[ $doc == yes ]] || { [[ $doc == auto && -z $only && -z $baseline && -z $guest_args ]] && ((qemu)); }; then
         to_doc=1
     fi
     report "$run" "$to_doc"
