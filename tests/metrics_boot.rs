@@ -45,18 +45,6 @@ fn must(text: &str, series: &str) -> f64 {
     value(text, series).unwrap_or_else(|| panic!("no series {series} in\n{text}"))
 }
 
-/// `VmRSS` of a process, in bytes, from `/proc/PID/status`.
-fn vm_rss_bytes(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .and_then(|kib| kib.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status:\n{status}"));
-    kib * 1024.0
-}
-
 fn check_with_promtool(text: &str, what: &str) {
     if let Err(problems) = promtool::check_metrics(text) {
         panic!("{what}: {problems}\nin\n{text}");
@@ -180,9 +168,9 @@ fn metrics_follow_reporting_and_inflation_and_pass_promtool() {
     // The process's RSS follows the guest (reporting and the balloon give memory back),
     // so it is checked against the kernel's own figure read around a scrape, not a
     // fixed size.
-    let rss_before = vm_rss_bytes(vm.pid());
+    let rss_before = vm.rss_bytes() as f64;
     let scraped = scrape(&sock);
-    let rss_after = vm_rss_bytes(vm.pid());
+    let rss_after = vm.rss_bytes() as f64;
     let reported = must(&scraped, "process_resident_memory_bytes");
     let slack = (8 * MIB) as f64;
     assert!(
