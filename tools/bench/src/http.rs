@@ -42,19 +42,20 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// Connects to the Unix socket at `path`, with `timeout` on every read and write.
+pub fn connect_with_timeouts(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    let stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
 impl HttpClient {
     pub fn connect(path: &Path, timeout: Duration) -> Result<HttpClient, HttpError> {
-        let connect_err = |source| HttpError::Connect {
+        let stream = connect_with_timeouts(path, timeout).map_err(|source| HttpError::Connect {
             path: path.display().to_string(),
             source,
-        };
-        let stream = UnixStream::connect(path).map_err(connect_err)?;
-        stream
-            .set_read_timeout(Some(timeout))
-            .map_err(connect_err)?;
-        stream
-            .set_write_timeout(Some(timeout))
-            .map_err(connect_err)?;
+        })?;
         Ok(HttpClient {
             stream,
             pending: Vec::new(),

@@ -45,13 +45,7 @@ impl Qmp {
             path: path.display().to_string(),
             source,
         };
-        let stream = UnixStream::connect(path).map_err(connect_err)?;
-        stream
-            .set_read_timeout(Some(timeout))
-            .map_err(connect_err)?;
-        stream
-            .set_write_timeout(Some(timeout))
-            .map_err(connect_err)?;
+        let stream = crate::http::connect_with_timeouts(path, timeout).map_err(connect_err)?;
         let writer = stream.try_clone().map_err(connect_err)?;
         let mut qmp = Qmp {
             reader: BufReader::new(stream),
