@@ -91,26 +91,35 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn timeline(data: &RunData, path: &Path) -> DrawResult<bool> {
-    let runs: Vec<(String, Vec<Series>)> = data
-        .vmms
+/// Each VMM's series of `scenario`, leaving out the VMMs without any.
+fn runs_of(data: &RunData, scenario: Scenario) -> Vec<(String, Vec<Series>)> {
+    data.vmms
         .iter()
-        .map(|v| (v.clone(), series(data, Scenario::Timeline, v)))
+        .map(|v| (v.clone(), series(data, scenario, v)))
         .filter(|(_, s)| !s.is_empty())
-        .collect();
+        .collect()
+}
+
+/// The last sample time (s) and the highest total (MiB) over all `runs`, at least 1 each.
+fn extent(runs: &[(String, Vec<Series>)]) -> (f64, f64) {
+    let all = || runs.iter().flat_map(|(_, s)| s);
+    let x_max = all()
+        .filter_map(|s| s.samples.last().map(|l| l.t_s))
+        .fold(1.0, f64::max);
+    let y_max = all()
+        .flat_map(|s| &s.samples)
+        .map(|s| mib(s.total_kib()))
+        .fold(1.0, f64::max);
+    (x_max, y_max)
+}
+
+fn timeline(data: &RunData, path: &Path) -> DrawResult<bool> {
+    let runs = runs_of(data, Scenario::Timeline);
     if runs.is_empty() {
         return Ok(false);
     }
-    let all = runs.iter().flat_map(|(_, s)| s);
-    let x_max = all
-        .clone()
-        .filter_map(|s| s.samples.last().map(|l| l.t_s))
-        .fold(1.0, f64::max);
-    let y_max = all
-        .flat_map(|s| &s.samples)
-        .map(|s| mib(s.total_kib()))
-        .fold(1.0, f64::max)
-        * 1.15;
+    let (x_max, y_top) = extent(&runs);
+    let y_max = y_top * 1.15;
     let root = SVGBackend::new(path, (WIDTH, 380 * runs.len() as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     for (area, (vmm, runs)) in root.split_evenly((runs.len(), 1)).iter().zip(&runs) {
@@ -275,25 +284,12 @@ fn returned(data: &RunData, path: &Path) -> DrawResult<bool> {
 }
 
 fn density(data: &RunData, path: &Path) -> DrawResult<bool> {
-    let runs: Vec<(String, Vec<Series>)> = data
-        .vmms
-        .iter()
-        .map(|v| (v.clone(), series(data, Scenario::Density, v)))
-        .filter(|(_, s)| !s.is_empty())
-        .collect();
+    let runs = runs_of(data, Scenario::Density);
     if runs.is_empty() {
         return Ok(false);
     }
-    let all = runs.iter().flat_map(|(_, s)| s);
-    let x_max = all
-        .clone()
-        .filter_map(|s| s.samples.last().map(|l| l.t_s))
-        .fold(1.0, f64::max);
-    let y_max = all
-        .flat_map(|s| &s.samples)
-        .map(|s| mib(s.total_kib()))
-        .fold(1.0, f64::max)
-        * 1.1;
+    let (x_max, y_top) = extent(&runs);
+    let y_max = y_top * 1.1;
     let root = SVGBackend::new(path, (WIDTH, 450)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
