@@ -158,6 +158,7 @@ fn a_guest_kernel_panic_ends_vmm_with_status_3() {
     // the events it may send: PANICKED and CRASH_LOADED.
     let capability = vm.run_ok("cat /sys/bus/platform/drivers/pvpanic-mmio/QEMU0001:00/capability");
     assert_eq!(capability.trim(), "3");
+    vm.expect_guest_panic();
     vm.send_line("echo c >/proc/sysrq-trigger");
     let exit = vm.wait_exit(EXIT_TIMEOUT);
     let stderr = vm.vmm_stderr();

@@ -25,6 +25,7 @@ fn evidence<'a>(failure: Failure, vmm: VmmState, stderr: &'a str) -> Evidence<'a
         vmm_stderr: stderr,
         console: "VMMTEST-READY\n",
         stall: None,
+        panic_expected_from: None,
     }
 }
 
@@ -123,9 +124,92 @@ fn a_guest_panic_fails_at_once_even_while_the_guest_spins() {
         vmm_stderr: "",
         console,
         stall: Some(&spinning),
+        panic_expected_from: None,
     }));
     assert!(why.starts_with("the guest panicked: "), "{why}");
     assert!(why.contains("Attempted to kill init"), "{why}");
+}
+
+/// The console of `a_guest_kernel_panic_ends_vmm_with_status_3` in a CI run where a
+/// triple fault cut the panic short, with the offset where the test asked for the panic.
+fn asked_for_panic(after: &str) -> (String, usize) {
+    let before = "VMMTEST-READY\n~ # > @vmmtest-end@1@0@\n~ # > ";
+    let console = format!(
+        "{before}echo c >/proc/sysrq-trigger\n[    6.92] sysrq: Trigger a crash\n\
+         [    6.92] Kernel panic - not syncing: sysrq triggered crash\n\
+         [    6.93] CPU: 0 PID: 80 Comm: sh Not tainted 6.1.0-57-cloud-amd64\n{after}"
+    );
+    (console, before.len())
+}
+
+#[test]
+fn a_triple_fault_in_a_panic_the_test_asked_for_is_the_environment_before_the_reboot() {
+    let (console, trigger) = asked_for_panic("[    6.93] Call Trace:\n");
+    let verdict = classify(&Evidence {
+        console: &console,
+        panic_expected_from: Some(trigger),
+        ..evidence(
+            Failure::Other,
+            VmmState::Exited(Some(4)),
+            TRIPLE_FAULT_STDERR,
+        )
+    });
+    assert_eq!(
+        verdict,
+        Verdict::Environment(EnvironmentFault::GuestTripleFault { vcpu: 1 })
+    );
+}
+
+#[test]
+fn a_panic_the_test_asked_for_that_does_not_stop_the_vmm_fails_at_once() {
+    // The pvpanic event was missed, and the reset that follows it too.
+    let (console, trigger) = asked_for_panic("[    7.94] Rebooting in 1 seconds..\n");
+    let why = reason(classify(&Evidence {
+        console: &console,
+        panic_expected_from: Some(trigger),
+        ..evidence(
+            Failure::Other,
+            VmmState::Exited(Some(4)),
+            TRIPLE_FAULT_STDERR,
+        )
+    }));
+    assert!(why.contains("after \"Rebooting in\""), "{why}");
+    // The pvpanic event was missed, and the reset ended the vmm as a reboot.
+    let why = reason(classify(&Evidence {
+        console: &console,
+        panic_expected_from: Some(trigger),
+        ..evidence(Failure::Other, VmmState::Exited(Some(0)), "")
+    }));
+    assert_eq!(
+        why,
+        "the guest panicked as asked, and the vmm exited with status 0: \"\""
+    );
+    // Still running, its vCPU spinning: not a stall of the environment.
+    let (console, trigger) = asked_for_panic("");
+    let spinning = stall(&[(0, 100)], Some(0));
+    let why = reason(classify(&Evidence {
+        console: &console,
+        panic_expected_from: Some(trigger),
+        stall: Some(&spinning),
+        ..evidence(Failure::Timeout, VmmState::Running, "")
+    }));
+    assert!(why.contains("missed the pvpanic event"), "{why}");
+}
+
+#[test]
+fn a_panic_before_the_test_asked_for_one_is_a_finding() {
+    let (console, _) = asked_for_panic("");
+    let trigger = console.find("[    6.93] CPU").unwrap();
+    let why = reason(classify(&Evidence {
+        console: &console,
+        panic_expected_from: Some(trigger),
+        ..evidence(
+            Failure::Other,
+            VmmState::Exited(Some(4)),
+            TRIPLE_FAULT_STDERR,
+        )
+    }));
+    assert!(why.starts_with("the guest panicked: "), "{why}");
 }
 
 #[test]
@@ -228,6 +312,7 @@ fn hostile_console_and_stderr_bytes_never_panic() {
                     vmm_stderr: text,
                     console: text,
                     stall: Some(&spinning),
+                    panic_expected_from: Some(text.len() / 2),
                 });
                 // The runner reads the verdict as one line.
                 assert!(!verdict.marker_line().contains('\n'), "{verdict:?}");

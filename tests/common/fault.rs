@@ -27,6 +27,9 @@ const GUEST_FAULT_STATUS: i32 = 4;
 const TRIPLE_FAULT_LINE: &str = "the guest triple-faulted on vCPU ";
 /// What a guest kernel prints when it panics.
 const GUEST_PANIC_LINE: &str = "Kernel panic - not syncing";
+/// What Linux prints after its panic notifiers (pvpanic's among them) have run, just
+/// before it resets the machine (`panic=1`).
+const PANIC_REBOOT_LINE: &str = "Rebooting in ";
 /// A vCPU thread using at least this share of a CPU (percent) runs in `KVM_RUN`; below
 /// it, the guest mostly halts, waiting for an interrupt.
 pub const SPINNING_PERCENT: u32 = 50;
@@ -67,6 +70,9 @@ pub struct Evidence<'a> {
     pub console: &'a str,
     /// Measured only for a vmm still running.
     pub stall: Option<&'a Stall>,
+    /// Where in `console` (a byte offset) the test asked the guest to panic; a panic
+    /// after it is what the test wanted, not a finding.
+    pub panic_expected_from: Option<usize>,
 }
 
 /// A failure the nested environment causes, which may be run again.
@@ -156,9 +162,13 @@ fn busy_list(stall: &Stall) -> String {
 pub fn classify(evidence: &Evidence<'_>) -> Verdict {
     use Verdict::NotEnvironment;
 
+    let (before_trigger, after_trigger) = split_at_trigger(evidence);
     // A panicking guest spins too (Linux loops after a panic), so this comes first.
-    if let Some(line) = first_line_with(evidence.console, GUEST_PANIC_LINE) {
+    if let Some(line) = first_line_with(before_trigger, GUEST_PANIC_LINE) {
         return NotEnvironment(format!("the guest panicked: {line}"));
+    }
+    if first_line_with(after_trigger, GUEST_PANIC_LINE).is_some() {
+        return classify_expected_panic(evidence, after_trigger);
     }
     match evidence.vmm {
         VmmState::Exited(Some(GUEST_FAULT_STATUS)) => {
@@ -183,6 +193,54 @@ pub fn classify(evidence: &Evidence<'_>) -> Verdict {
             last_line(evidence.vmm_stderr)
         )),
         VmmState::Running => classify_running(evidence),
+    }
+}
+
+/// The console before and after the point where the test asked for a panic (all of it
+/// before when it asked for none).
+fn split_at_trigger<'c>(evidence: &Evidence<'c>) -> (&'c str, &'c str) {
+    let console = evidence.console;
+    match evidence.panic_expected_from {
+        Some(at) if console.is_char_boundary(at.min(console.len())) => {
+            console.split_at(at.min(console.len()))
+        }
+        // An offset inside a character: the whole console counts as before, so a panic
+        // is judged as one nobody asked for.
+        Some(_) | None => (console, ""),
+    }
+}
+
+/// [`classify`] once the guest panicked as the test asked. Linux's panic path runs the
+/// panic notifiers (pvpanic's write, which stops the VM) and only then prints
+/// [`PANIC_REBOOT_LINE`] and resets the machine through the i8042 (`reboot=k`), which
+/// ends the vmm too. Nothing on that path triple-faults by itself, so a triple fault
+/// before the reboot line is the environment's, like any other; every other ending
+/// (a triple fault after the line, an exit with status 0, a guest still running) means
+/// the vmm missed the pvpanic event or the reset, and is a finding.
+fn classify_expected_panic(evidence: &Evidence<'_>, after_trigger: &str) -> Verdict {
+    let rebooting = after_trigger.contains(PANIC_REBOOT_LINE);
+    let triple_faulted = match evidence.vmm {
+        VmmState::Exited(Some(GUEST_FAULT_STATUS)) => triple_faulted_vcpu(evidence.vmm_stderr),
+        _ => None,
+    };
+    match (triple_faulted, rebooting) {
+        (Some(vcpu), false) => Verdict::Environment(EnvironmentFault::GuestTripleFault { vcpu }),
+        (Some(_), true) => Verdict::NotEnvironment(
+            "the guest panicked as asked, then triple-faulted after \"Rebooting in\": neither \
+             its pvpanic event nor its reset through the i8042 stopped the vmm"
+                .to_string(),
+        ),
+        (None, _) => Verdict::NotEnvironment(match evidence.vmm {
+            VmmState::Running => {
+                "the guest panicked as asked, and the vmm still runs: it missed the pvpanic event"
+                    .to_string()
+            }
+            VmmState::Exited(status) => format!(
+                "the guest panicked as asked, and the vmm exited with {}: {:?}",
+                status.map_or("a signal".to_string(), |s| format!("status {s}")),
+                last_line(evidence.vmm_stderr)
+            ),
+        }),
     }
 }
 

@@ -556,6 +556,9 @@ pub struct GuestVm {
     api_dir: Option<TempDir>,
     exit_status: Option<ExitStatus>,
     diagnostics_shown: bool,
+    /// Where the console stood (in [`GuestVm::console`]'s text) when the test asked the
+    /// guest to panic ([`GuestVm::expect_guest_panic`]).
+    panic_expected_from: Option<usize>,
     /// The read end of a stdout nobody reads ([`GuestVmBuilder::stdout_unread`]), kept
     /// open so that the VMM's writes block rather than fail.
     _unread_stdout: Option<std::fs::File>,
@@ -626,8 +629,15 @@ impl GuestVm {
             api_dir,
             exit_status: None,
             diagnostics_shown: false,
+            panic_expected_from: None,
             _unread_stdout: unread_stdout,
         }
+    }
+
+    /// Tells the harness that the test is about to make the guest panic, so that a
+    /// panic from here on is not held against the run ([`fault::classify`]).
+    pub fn expect_guest_panic(&mut self) {
+        self.panic_expected_from = Some(self.console().len());
     }
 
     /// The VMM's process id.
@@ -750,6 +760,7 @@ impl GuestVm {
             vmm_stderr: &stderr,
             console: &console,
             stall: stall.as_ref(),
+            panic_expected_from: self.panic_expected_from,
         });
         (diagnostics, verdict)
     }
