@@ -204,22 +204,25 @@ run_nested() {
         left=$((deadline - SECONDS))
         local ended="=== L1 run $run ended: l1-$word between tests: $sentence"
         [[ -z $current ]] || ended="=== L1 run $run ended: l1-$word during $current: $sentence"
+        # Each verdict goes into this L1's console log too, where retry_summary counts it.
         if [[ $word != panic && $word != frozen ]]; then
-            echo "$ended; not the nested environment's known fault, so nothing more is run"
+            echo "$ended; not the nested environment's known fault, so nothing more is run" |
+                tee -a "${consoles[-1]}"
             break
         fi
         if ((run >= runs)); then
-            echo "$ended; that was the last of VMM_L1_RUNS=$runs L1s"
+            echo "$ended; that was the last of VMM_L1_RUNS=$runs L1s" | tee -a "${consoles[-1]}"
             break
         fi
         if ((left < 600)); then
-            echo "$ended; only $left s of the budget are left, so no fresh L1"
+            echo "$ended; only $left s of the budget are left, so no fresh L1" |
+                tee -a "${consoles[-1]}"
             break
         fi
         run=$((run + 1))
         echo "$ended; starting a fresh L1 (run $run of $runs, $left s left of the budget)" \
             "for the tests not decided yet: $(wc -l <"$payload/passed") passed and" \
-            "$(wc -l <"$payload/failed") failed so far"
+            "$(wc -l <"$payload/failed") failed so far" | tee -a "${consoles[-1]}"
     done
     retry_summary nested "${consoles[@]}"
     return "$status"
