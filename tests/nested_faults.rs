@@ -142,18 +142,24 @@ fn asked_for_panic(after: &str) -> (String, usize) {
     (console, before.len())
 }
 
-#[test]
-fn a_triple_fault_in_a_panic_the_test_asked_for_is_the_environment_before_the_reboot() {
-    let (console, trigger) = asked_for_panic("[    6.93] Call Trace:\n");
-    let verdict = classify(&Evidence {
-        console: &console,
+/// The verdict on a vmm that ended for a triple fault after the test asked for a panic
+/// at `trigger` in `console`.
+fn triple_fault_after_asked_panic(console: &str, trigger: usize) -> Verdict {
+    classify(&Evidence {
+        console,
         panic_expected_from: Some(trigger),
         ..evidence(
             Failure::Other,
             VmmState::Exited(Some(4)),
             TRIPLE_FAULT_STDERR,
         )
-    });
+    })
+}
+
+#[test]
+fn a_triple_fault_in_a_panic_the_test_asked_for_is_the_environment_before_the_reboot() {
+    let (console, trigger) = asked_for_panic("[    6.93] Call Trace:\n");
+    let verdict = triple_fault_after_asked_panic(&console, trigger);
     assert_eq!(
         verdict,
         Verdict::Environment(EnvironmentFault::GuestTripleFault { vcpu: 1 })
@@ -164,15 +170,7 @@ fn a_triple_fault_in_a_panic_the_test_asked_for_is_the_environment_before_the_re
 fn a_panic_the_test_asked_for_that_does_not_stop_the_vmm_fails_at_once() {
     // The pvpanic event was missed, and the reset that follows it too.
     let (console, trigger) = asked_for_panic("[    7.94] Rebooting in 1 seconds..\n");
-    let why = reason(classify(&Evidence {
-        console: &console,
-        panic_expected_from: Some(trigger),
-        ..evidence(
-            Failure::Other,
-            VmmState::Exited(Some(4)),
-            TRIPLE_FAULT_STDERR,
-        )
-    }));
+    let why = reason(triple_fault_after_asked_panic(&console, trigger));
     assert!(why.contains("after \"Rebooting in\""), "{why}");
     // The pvpanic event was missed, and the reset ended the vmm as a reboot.
     let why = reason(classify(&Evidence {
@@ -200,15 +198,7 @@ fn a_panic_the_test_asked_for_that_does_not_stop_the_vmm_fails_at_once() {
 fn a_panic_before_the_test_asked_for_one_is_a_finding() {
     let (console, _) = asked_for_panic("");
     let trigger = console.find("[    6.93] CPU").unwrap();
-    let why = reason(classify(&Evidence {
-        console: &console,
-        panic_expected_from: Some(trigger),
-        ..evidence(
-            Failure::Other,
-            VmmState::Exited(Some(4)),
-            TRIPLE_FAULT_STDERR,
-        )
-    }));
+    let why = reason(triple_fault_after_asked_panic(&console, trigger));
     assert!(why.starts_with("the guest panicked: "), "{why}");
 }
 
