@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::guest_checks::{kernel_log_lines, resize_balloon};
@@ -127,14 +128,8 @@ fn check_feature_combination(items: &str, cmdline: &str, expected: &[u32]) {
             "/balloon/hinting/start",
             "{\"acknowledge_on_stop\": true}",
         );
-        // The guest answers on free_page_vq, hints all its free memory and sends STOP;
-        // acknowledge_on_stop answers DONE (1).
-        wait_until(scaled(HINT_RUN_TIMEOUT), "the hinting run to end", || {
-            let status = get_json(&sock, "/balloon/hinting/status");
-            (status.get("guest_cmd").and_then(|v| v.as_u64()) == Some(0)
-                && field(&status, "host_cmd") == 1)
-                .then_some(())
-        });
+        // The guest answers on free_page_vq, hints all its free memory and sends STOP.
+        wait_for_hinting_run_end(&sock);
         if cmdline.contains("init_on_free=1") {
             wait_for_hinted_blocks_zeroed(&mut vm);
         }
@@ -157,6 +152,17 @@ fn check_feature_combination(items: &str, cmdline: &str, expected: &[u32]) {
 /// idle host, with the vCPU in `clear_page_rep`; on a loaded host more than 120 s, which
 /// looked like the environment's spinning stall.
 const HINT_RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Waits until a run started with `acknowledge_on_stop` has ended: the guest sent STOP
+/// (0) and the device answered DONE (1).
+fn wait_for_hinting_run_end(sock: &Path) {
+    wait_until(scaled(HINT_RUN_TIMEOUT), "the hinting run to end", || {
+        let status = get_json(sock, "/balloon/hinting/status");
+        (status.get("guest_cmd").and_then(|v| v.as_u64()) == Some(0)
+            && field(&status, "host_cmd") == 1)
+            .then_some(())
+    });
+}
 
 /// How long a guest that zeroes freed pages may take to free what it hinted (below).
 const HINT_RELEASE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -497,13 +503,7 @@ fn free_page_hinting_returns_free_memory() {
         host_cmd >= 2,
         "a run starts with a fresh command id, got {host_cmd}"
     );
-    wait_until(scaled(HINT_RUN_TIMEOUT), "the hinting run to end", || {
-        let status = get_json(&sock, "/balloon/hinting/status");
-        // The guest sends STOP (0) when done; acknowledge_on_stop answers DONE (1).
-        (status.get("guest_cmd").and_then(|v| v.as_u64()) == Some(0)
-            && field(&status, "host_cmd") == 1)
-            .then_some(())
-    });
+    wait_for_hinting_run_end(&sock);
     wait_for_rss_drop(&mut vm, filled, 200 * MIB, "hinted memory to go back");
     assert_memcheck_intact(&mut vm, 128);
     // The guest can use its memory again after DONE.
